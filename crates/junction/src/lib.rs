@@ -1,0 +1,2 @@
+//! Junction's I/O half: server, event log, CLI.
+pub mod metrics;
