@@ -1,1 +1,52 @@
-fn main() {}
+//! `junction-bench`: seeded data sets, load generation and baselines for Junction's benchmarks.
+//!
+//! Every subcommand prints human-readable figures, or one JSON object with `--json`.
+
+mod detmath;
+mod events;
+mod fsync;
+mod generate;
+mod json;
+mod load;
+mod rng;
+mod stats;
+mod suite;
+mod sysinfo;
+mod timefmt;
+mod vocab;
+mod zipf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "junction-bench", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Write a seeded, deterministic data set of Segment events.
+    Generate(generate::GenerateArgs),
+    /// Measure appends of event batches with fdatasync on one thread (the disk's ceiling).
+    FsyncCeiling(fsync::FsyncArgs),
+    /// Send tracking-API traffic (closed loop, or open loop with --rate) and report latency.
+    Load(load::LoadArgs),
+    /// Run the ingest benchmarks against a `junction` binary and print the BENCHMARKS.md table.
+    IngestSuite(suite::SuiteArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Generate(a) => generate::run(a),
+        Command::FsyncCeiling(a) => fsync::run(a),
+        Command::Load(a) => load::run(a),
+        Command::IngestSuite(a) => suite::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

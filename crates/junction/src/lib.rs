@@ -1,2 +1,13 @@
-//! Junction's I/O half: server, event log, CLI.
+//! Junction's I/O half: configuration, the event log, the ingest pipeline, the HTTP server
+//! and the command-line tools. Pure logic lives in `junction-core`.
+
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod dedup;
+pub mod fsutil;
+pub mod http;
+pub mod ingest;
+pub mod log;
 pub mod metrics;
+pub mod server;

@@ -1,1 +1,20 @@
-fn main() {}
+//! The `junction` binary: parse arguments, run, print the whole error chain on failure.
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("JUNCTION_LOG")
+                .unwrap_or_else(|_| "junction=info,warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match junction::cli::run(junction::cli::Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

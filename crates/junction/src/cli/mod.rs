@@ -1,0 +1,109 @@
+//! Command-line interface (SPEC §3.1): argument parsing and dispatch to each subcommand.
+
+pub mod import;
+pub mod tail;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Overrides;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "junction",
+    version,
+    about = "Segment-compatible customer data platform in one binary"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Where the configuration and data live; flags override `JUNCTION_*` variables, which
+/// override the config file.
+#[derive(Debug, Clone, Args)]
+pub struct Location {
+    /// Configuration file (default: ./junction.toml when present, else dev mode).
+    #[arg(long, env = "JUNCTION_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Data directory (default: ./junction-data).
+    #[arg(long, env = "JUNCTION_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server.
+    Serve {
+        #[command(flatten)]
+        location: Location,
+        /// Address to listen on (default: 127.0.0.1:8088).
+        #[arg(long, env = "JUNCTION_LISTEN")]
+        listen: Option<String>,
+        /// Benchmark baseline only: parse and answer 200 without storing anything.
+        #[arg(long, hide = true)]
+        bench_discard: bool,
+    },
+    /// Load historical events (one Segment/RudderStack event JSON per line, optionally gzip).
+    Import {
+        /// A .jsonl or .jsonl.gz file.
+        file: PathBuf,
+        /// The source the events are stored under.
+        #[arg(long)]
+        source: String,
+        #[command(flatten)]
+        location: Location,
+    },
+    /// Read stored events.
+    Events {
+        #[command(subcommand)]
+        command: EventsCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EventsCommand {
+    /// Print stored events, oldest first (works while the server is stopped or running).
+    Tail(tail::TailArgs),
+}
+
+impl Location {
+    pub fn overrides(&self, listen: Option<String>) -> Overrides {
+        Overrides {
+            config: self.config.clone(),
+            data_dir: self.data_dir.clone(),
+            listen,
+        }
+    }
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve {
+            location,
+            listen,
+            bench_discard,
+        } => {
+            let config = crate::config::load(&location.overrides(listen))?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(crate::server::run(
+                config,
+                crate::server::Options {
+                    discard: bench_discard,
+                    clock: None,
+                },
+            ))
+        }
+        Command::Import {
+            file,
+            source,
+            location,
+        } => import::run(&file, &source, &location.overrides(None)),
+        Command::Events {
+            command: EventsCommand::Tail(args),
+        } => tail::run(&args),
+    }
+}

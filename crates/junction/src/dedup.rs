@@ -1,0 +1,320 @@
+//! `(source, messageId)` deduplication over a sliding window (default 24 h).
+//!
+//! Contract:
+//! - The index is a view of the event log: every stored event's key was appended to the log,
+//!   so after any crash the index is rebuilt by scanning the log from the offset of the last
+//!   snapshot (written on graceful shutdown). It therefore survives restarts and kill -9.
+//! - A key is *reserved* (pending) before its event is appended, *committed* once the append
+//!   is durable, and *released* if the append failed. A request that meets a pending key of
+//!   another request waits for that outcome: it never answers 200 for an event that was not
+//!   stored.
+//! - Keys are 128-bit XXH3 hashes of `source \0 messageId`; entries older than the window
+//!   count as absent and are swept periodically.
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use crate::log::LogReader;
+
+const SNAPSHOT_MAGIC: &[u8; 8] = b"JDEDUP01";
+const SNAPSHOT_FILE: &str = "dedup.snapshot";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Slot {
+    Pending,
+    /// Seconds since the epoch when the event was appended.
+    Stored(u32),
+}
+
+/// Outcome of reserving one key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Check {
+    /// Not seen: now reserved for the caller, who must `commit` or `release` it.
+    Fresh,
+    /// Stored within the window, or repeated earlier in the same call.
+    Duplicate,
+    /// Reserved by another request whose append has not finished.
+    InFlight,
+}
+
+/// State of a key, as seen by a request waiting on another one's append.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyState {
+    Absent,
+    Pending,
+    Stored,
+}
+
+pub struct Dedup {
+    map: Mutex<HashMap<u128, Slot>>,
+    window_secs: u32,
+    dir: PathBuf,
+}
+
+pub fn key(source: &str, message_id: &str) -> u128 {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    h.update(source.as_bytes());
+    h.update(&[0]);
+    h.update(message_id.as_bytes());
+    h.digest128()
+}
+
+impl Dedup {
+    /// Loads the snapshot in `data_dir` (if any) and replays the log from its offset.
+    /// Returns the index and the number of log records scanned.
+    pub fn open(
+        data_dir: &Path,
+        log_dir: &Path,
+        window: Duration,
+        now_s: u32,
+    ) -> anyhow::Result<(Self, u64)> {
+        let window_secs = window.as_secs().min(u32::MAX as u64) as u32;
+        let dedup = Dedup {
+            map: Mutex::new(HashMap::new()),
+            window_secs,
+            dir: data_dir.to_path_buf(),
+        };
+        let from = dedup.load_snapshot(now_s).unwrap_or_else(|e| {
+            tracing::warn!(error = %format!("{e:#}"), "dedup snapshot unusable, rebuilding from the log");
+            dedup.map.lock().unwrap().clear();
+            0
+        });
+        let mut scanned = 0u64;
+        let cutoff = now_s.saturating_sub(window_secs);
+        if log_dir.exists() {
+            let mut reader = LogReader::open(log_dir, from).context("cannot read the event log")?;
+            let mut map = dedup.map.lock().unwrap();
+            while let Some(rec) = reader.next_record().context("cannot read the event log")? {
+                scanned += 1;
+                let at = (rec.received_at_ms / 1000).clamp(0, u32::MAX as i64) as u32;
+                if at >= cutoff {
+                    map.insert(key(&rec.source, &rec.message_id), Slot::Stored(at));
+                }
+            }
+        }
+        Ok((dedup, scanned))
+    }
+
+    fn snapshot_path(&self) -> PathBuf {
+        self.dir.join(SNAPSHOT_FILE)
+    }
+
+    /// Reads the snapshot into the map; returns the log offset it covers (0 when absent).
+    fn load_snapshot(&self, now_s: u32) -> anyhow::Result<u64> {
+        let path = self.snapshot_path();
+        let mut bytes = Vec::new();
+        match std::fs::File::open(&path) {
+            Ok(mut f) => f
+                .read_to_end(&mut bytes)
+                .with_context(|| format!("cannot read {}", path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
+        };
+        if bytes.len() < 28 || &bytes[..8] != SNAPSHOT_MAGIC {
+            bail!("{} is not a dedup snapshot", path.display());
+        }
+        let (body, crc) = bytes.split_at(bytes.len() - 4);
+        if crc32c::crc32c(body) != u32::from_le_bytes(crc.try_into().unwrap()) {
+            bail!("{} fails its checksum", path.display());
+        }
+        let offset = u64::from_le_bytes(body[8..16].try_into().unwrap());
+        let count = u64::from_le_bytes(body[16..24].try_into().unwrap()) as usize;
+        let entries = &body[24..];
+        if entries.len() != count * 20 {
+            bail!("{} has a wrong length", path.display());
+        }
+        let cutoff = now_s.saturating_sub(self.window_secs);
+        let mut map = self.map.lock().unwrap();
+        map.reserve(count);
+        for e in entries.chunks_exact(20) {
+            let k = u128::from_le_bytes(e[..16].try_into().unwrap());
+            let at = u32::from_le_bytes(e[16..].try_into().unwrap());
+            if at >= cutoff {
+                map.insert(k, Slot::Stored(at));
+            }
+        }
+        Ok(offset)
+    }
+
+    /// Writes the committed entries and the log offset they cover. Call only when no append
+    /// is in flight (graceful shutdown), so that every record below `next_offset` is committed.
+    pub fn write_snapshot(&self, next_offset: u64) -> anyhow::Result<()> {
+        let mut out = Vec::new();
+        out.extend_from_slice(SNAPSHOT_MAGIC);
+        out.extend_from_slice(&next_offset.to_le_bytes());
+        out.extend_from_slice(&0u64.to_le_bytes());
+        let mut count = 0u64;
+        for (k, slot) in self.map.lock().unwrap().iter() {
+            if let Slot::Stored(at) = slot {
+                out.extend_from_slice(&k.to_le_bytes());
+                out.extend_from_slice(&at.to_le_bytes());
+                count += 1;
+            }
+        }
+        out[16..24].copy_from_slice(&count.to_le_bytes());
+        let crc = crc32c::crc32c(&out);
+        out.write_all(&crc.to_le_bytes())?;
+        crate::fsutil::write_atomic(&self.snapshot_path(), &out)
+    }
+
+    fn live(&self, slot: Option<&Slot>, cutoff: u32) -> KeyState {
+        match slot {
+            None => KeyState::Absent,
+            Some(Slot::Pending) => KeyState::Pending,
+            Some(Slot::Stored(at)) if *at >= cutoff => KeyState::Stored,
+            Some(Slot::Stored(_)) => KeyState::Absent,
+        }
+    }
+
+    /// Reserves every fresh key (in order; a key repeated within `keys` is a Duplicate).
+    pub fn reserve(&self, keys: &[u128], now_s: u32) -> Vec<Check> {
+        let cutoff = now_s.saturating_sub(self.window_secs);
+        let mut map = self.map.lock().unwrap();
+        let mut out = Vec::with_capacity(keys.len());
+        for (i, k) in keys.iter().enumerate() {
+            let check = match self.live(map.get(k), cutoff) {
+                KeyState::Absent => {
+                    map.insert(*k, Slot::Pending);
+                    Check::Fresh
+                }
+                KeyState::Stored => Check::Duplicate,
+                KeyState::Pending if keys[..i].contains(k) => Check::Duplicate,
+                KeyState::Pending => Check::InFlight,
+            };
+            out.push(check);
+        }
+        out
+    }
+
+    /// Marks reserved keys as stored at `now_s`.
+    pub fn commit(&self, keys: impl IntoIterator<Item = u128>, now_s: u32) {
+        let mut map = self.map.lock().unwrap();
+        for k in keys {
+            map.insert(k, Slot::Stored(now_s));
+        }
+    }
+
+    /// Forgets reserved keys whose append failed.
+    pub fn release(&self, keys: impl IntoIterator<Item = u128>) {
+        let mut map = self.map.lock().unwrap();
+        for k in keys {
+            if map.get(&k) == Some(&Slot::Pending) {
+                map.remove(&k);
+            }
+        }
+    }
+
+    pub fn state(&self, k: u128, now_s: u32) -> KeyState {
+        let cutoff = now_s.saturating_sub(self.window_secs);
+        self.live(self.map.lock().unwrap().get(&k), cutoff)
+    }
+
+    /// Drops entries older than the window; returns how many remain.
+    pub fn sweep(&self, now_s: u32) -> usize {
+        let cutoff = now_s.saturating_sub(self.window_secs);
+        let mut map = self.map.lock().unwrap();
+        map.retain(|_, s| match s {
+            Slot::Pending => true,
+            Slot::Stored(at) => *at >= cutoff,
+        });
+        map.len()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.lock().unwrap().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn empty(window: u64) -> (tempfile::TempDir, Dedup) {
+        let dir = tempfile::tempdir().unwrap();
+        let (d, _) = Dedup::open(
+            dir.path(),
+            &dir.path().join("log"),
+            Duration::from_secs(window),
+            1000,
+        )
+        .unwrap();
+        (dir, d)
+    }
+
+    #[test]
+    fn reserve_commit_release() {
+        let (_dir, d) = empty(100);
+        let (a, b) = (key("s", "a"), key("s", "b"));
+        assert_eq!(
+            d.reserve(&[a, b, a], 1000),
+            vec![Check::Fresh, Check::Fresh, Check::Duplicate]
+        );
+        assert_eq!(d.reserve(&[a], 1000), vec![Check::InFlight]);
+        d.commit([a], 1000);
+        d.release([b]);
+        assert_eq!(d.state(a, 1000), KeyState::Stored);
+        assert_eq!(d.state(b, 1000), KeyState::Absent);
+        assert_eq!(
+            d.reserve(&[a, b], 1001),
+            vec![Check::Duplicate, Check::Fresh]
+        );
+    }
+
+    #[test]
+    fn entries_expire_after_the_window() {
+        let (_dir, d) = empty(100);
+        let a = key("s", "a");
+        d.reserve(&[a], 1000);
+        d.commit([a], 1000);
+        assert_eq!(d.reserve(&[a], 1100), vec![Check::Duplicate]);
+        assert_eq!(d.reserve(&[a], 1101), vec![Check::Fresh]);
+        d.commit([a], 1101);
+        assert_eq!(d.sweep(1300), 0);
+    }
+
+    #[test]
+    fn scoped_per_source() {
+        assert_ne!(key("web", "m1"), key("ios", "m1"));
+        assert_ne!(key("ab", "c"), key("a", "bc"));
+    }
+
+    #[test]
+    fn snapshot_round_trip_and_corruption_falls_back() {
+        let (dir, d) = empty(100);
+        let a = key("s", "a");
+        d.reserve(&[a, key("s", "pending")], 1000);
+        d.commit([a], 1000);
+        d.write_snapshot(0).unwrap();
+        let (d2, _) = Dedup::open(
+            dir.path(),
+            &dir.path().join("log"),
+            Duration::from_secs(100),
+            1000,
+        )
+        .unwrap();
+        assert_eq!(d2.state(a, 1000), KeyState::Stored);
+        assert_eq!(d2.state(key("s", "pending"), 1000), KeyState::Absent);
+        // A corrupted snapshot is ignored (the log is the source of truth).
+        let p = dir.path().join(SNAPSHOT_FILE);
+        let mut bytes = std::fs::read(&p).unwrap();
+        bytes[30] ^= 0xff;
+        std::fs::write(&p, bytes).unwrap();
+        let (d3, _) = Dedup::open(
+            dir.path(),
+            &dir.path().join("log"),
+            Duration::from_secs(100),
+            1000,
+        )
+        .unwrap();
+        assert_eq!(d3.state(a, 1000), KeyState::Absent);
+    }
+}

@@ -1,0 +1,159 @@
+//! The HTTP surface: tracking API (SPEC §3.3), operations routes and the management API.
+//!
+//! Contract: `router(state)` builds every route; `serve::run` serves it with the hardened
+//! accept loop. Handlers never block: durable writes go through the log's writer thread.
+
+pub mod body;
+pub mod cors;
+pub mod error;
+pub mod ops;
+pub mod serve;
+pub mod tracking;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::HeaderMap;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+
+use crate::config::{Config, Token};
+use crate::ingest::Ingestor;
+use crate::metrics::{self, Histogram};
+use error::ApiError;
+
+pub struct AppState {
+    pub config: Config,
+    /// Write key → source name.
+    pub sources: HashMap<String, String>,
+    pub ingestor: Ingestor,
+    /// Benchmark baseline only: parse and normalize, answer 200, store nothing.
+    pub discard: bool,
+    pub clock: Arc<dyn crate::clock::Clock>,
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+    pub latency: RouteLatency,
+}
+
+/// Request latency by route family.
+#[derive(Default)]
+pub struct RouteLatency {
+    pub tracking: Histogram,
+    pub api: Histogram,
+    pub other: Histogram,
+}
+
+pub type SharedState = Arc<AppState>;
+
+impl AppState {
+    /// The token with `scope` (or `admin`) from `Authorization: Bearer`, else 401/403.
+    pub fn require_scope(&self, headers: &HeaderMap, scope: &str) -> Result<&Token, ApiError> {
+        let presented = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or_else(ApiError::authentication)?;
+        let token = self
+            .config
+            .tokens
+            .iter()
+            .find(|t| constant_time_eq(t.secret.as_bytes(), presented.as_bytes()))
+            .ok_or_else(ApiError::authentication)?;
+        if token.allows(scope) {
+            Ok(token)
+        } else {
+            Err(ApiError::forbidden(scope))
+        }
+    }
+}
+
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+pub fn router(state: SharedState) -> Router {
+    let tracking = Router::new()
+        .route("/v1/{kind}", post(tracking::v1).options(cors::preflight))
+        .route(
+            "/beacon/v1/batch",
+            post(tracking::beacon).options(cors::preflight),
+        )
+        .route(
+            "/v1/projects/{write_key}/settings",
+            get(tracking::settings).options(cors::preflight),
+        )
+        .route(
+            "/sourceConfig",
+            get(tracking::source_config).options(cors::preflight),
+        )
+        .route(
+            "/sourceConfig/",
+            get(tracking::source_config).options(cors::preflight),
+        )
+        .layer(middleware::from_fn(cors::layer));
+    let api = Router::new().route("/api/v1/debugger/events", get(ops::debugger));
+    Router::new()
+        .merge(tracking)
+        .merge(api)
+        .route("/health", get(ops::health))
+        .route("/ready", get(ops::ready))
+        .route("/metrics", get(ops::metrics))
+        .fallback(|| async { ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            deadline_and_latency,
+        ))
+        .with_state(state)
+}
+
+/// Applies the request deadline and records latency by route family.
+async fn deadline_and_latency(
+    State(state): State<SharedState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let started = std::time::Instant::now();
+    let path = req.uri().path();
+    let family = if path.starts_with("/api/") {
+        &state.latency.api
+    } else if path.starts_with("/v1/")
+        || path.starts_with("/beacon/")
+        || path.starts_with("/sourceConfig")
+    {
+        &state.latency.tracking
+    } else {
+        &state.latency.other
+    };
+    let streaming = path == "/api/v1/debugger/events";
+    let resp = if streaming {
+        next.run(req).await
+    } else {
+        match tokio::time::timeout(state.config.request_timeout, next.run(req)).await {
+            Ok(resp) => resp,
+            Err(_) => ApiError::timeout().into_response(),
+        }
+    };
+    family.observe(started.elapsed());
+    resp
+}
+
+impl RouteLatency {
+    pub fn render(&self, out: &mut String) {
+        metrics::header(
+            out,
+            "junction_http_request_seconds",
+            "histogram",
+            "HTTP request latency by route family.",
+        );
+        self.tracking
+            .render(out, "junction_http_request_seconds", "route=\"tracking\"");
+        self.api
+            .render(out, "junction_http_request_seconds", "route=\"api\"");
+        self.other
+            .render(out, "junction_http_request_seconds", "route=\"other\"");
+    }
+}

@@ -1,0 +1,197 @@
+//! Read-only iteration over the log for consumers that persist their own cursor.
+//!
+//! Contract:
+//! - Works on a directory whether or not a writer runs (no lock, never writes). Yields every
+//!   non-erased record with offset >= `from_offset`, in offset order; offsets below the
+//!   oldest retained segment are simply absent.
+//! - At the tail it returns `Ok(None)` on the first zero, incomplete or not-yet-valid frame
+//!   of the newest segment and picks up new data when called again (poll to follow).
+//! - A frame that is not valid in a segment followed by a newer one is corruption:
+//!   `LogError::Corrupt` names the segment and byte position; nothing is skipped silently.
+//! - Without an end bound a reader may see a frame whose fdatasync has not returned yet. In-
+//!   process consumers bound it with [`LogReader::set_end_offset`]`(log.next_offset())`.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use super::LogError;
+use super::format::SEGMENT_HEADER_LEN;
+use super::segment::{SegmentCursor, Step, list_segments};
+
+/// One event read back from the log.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub offset: u64,
+    pub received_at_ms: i64,
+    pub source: Arc<str>,
+    pub message_id: String,
+    pub json: Vec<u8>,
+}
+
+pub struct LogReader {
+    dir: PathBuf,
+    /// Records below this offset are skipped; advances past every consumed frame.
+    from: u64,
+    end: Option<u64>,
+    cursor: Option<SegmentCursor>,
+    /// A newer segment exists, so the current one is complete.
+    complete: bool,
+    pending: VecDeque<Record>,
+}
+
+enum Action {
+    Read,
+    Wait,
+    NextSegment,
+}
+
+impl LogReader {
+    pub fn open(dir: &Path, from_offset: u64) -> Result<Self, LogError> {
+        std::fs::read_dir(dir).map_err(LogError::io(format!(
+            "opening log directory {}",
+            dir.display()
+        )))?;
+        let mut reader = Self {
+            dir: dir.to_path_buf(),
+            from: from_offset,
+            end: None,
+            cursor: None,
+            complete: false,
+            pending: VecDeque::new(),
+        };
+        reader.cursor = reader.start_segment()?;
+        Ok(reader)
+    }
+
+    /// Stops before offset `end` (exclusive) until raised again; `None` reads to the tail.
+    pub fn set_end_offset(&mut self, end: Option<u64>) {
+        self.end = end;
+    }
+
+    /// The next record, or `None` when everything written so far has been read.
+    pub fn next_record(&mut self) -> Result<Option<Record>, LogError> {
+        loop {
+            if let Some(record) = self.pending.pop_front() {
+                return Ok(Some(record));
+            }
+            match self.step()? {
+                Action::Read => {}
+                Action::Wait => return Ok(None),
+                Action::NextSegment => self.next_segment()?,
+            }
+        }
+    }
+
+    /// The segment holding `from`: the last one with base <= from, or the oldest one.
+    fn start_segment(&self) -> Result<Option<SegmentCursor>, LogError> {
+        let segments = list_segments(&self.dir)?;
+        let start = segments
+            .iter()
+            .rev()
+            .find(|(base, _)| *base <= self.from)
+            .or(segments.first());
+        start
+            .map(|(base, path)| SegmentCursor::open(path, *base))
+            .transpose()
+    }
+
+    /// Consumes one frame into `pending`, or says what to do at the end of the segment.
+    fn step(&mut self) -> Result<Action, LogError> {
+        if self.cursor.is_none() {
+            self.cursor = self.start_segment()?;
+            self.complete = false;
+        }
+        let Some(cursor) = self.cursor.as_mut() else {
+            return Ok(Action::Wait);
+        };
+        let (pos, path) = (cursor.pos, cursor.path.clone());
+        match cursor
+            .peek()
+            .map_err(LogError::io(format!("reading {}", path.display())))?
+        {
+            Step::Frame { frame, end } => {
+                let frame_end = frame.end_offset();
+                if self.end.is_some_and(|limit| frame_end > limit) {
+                    cursor.invalidate();
+                    return Ok(Action::Wait);
+                }
+                if frame_end > self.from {
+                    let entries = frame.entries().map_err(|reason| LogError::Corrupt {
+                        segment: path,
+                        position: pos,
+                        reason,
+                    })?;
+                    let source: Arc<str> = frame.source.into();
+                    for (offset, entry) in (frame.first_offset..).zip(entries) {
+                        if let (true, Some(json)) = (offset >= self.from, entry.json) {
+                            self.pending.push_back(Record {
+                                offset,
+                                received_at_ms: frame.received_at_ms,
+                                source: Arc::clone(&source),
+                                message_id: entry.message_id,
+                                json,
+                            });
+                        }
+                    }
+                }
+                cursor.advance(end, frame_end);
+                // Everything below has been returned: reopening starts from here.
+                self.from = self.from.max(frame_end);
+                Ok(Action::Read)
+            }
+            Step::End | Step::Bad(_) if !self.complete => {
+                // The tail of the newest segment, unless a writer has rolled since: then this
+                // segment is complete and is looked at once more.
+                cursor.invalidate();
+                let base = cursor.base;
+                let empty = cursor.pos == SEGMENT_HEADER_LEN;
+                if list_segments(&self.dir)?.iter().any(|(b, _)| *b > base) {
+                    self.complete = true;
+                    Ok(Action::Read)
+                } else {
+                    if empty {
+                        // An empty segment may be replaced under its name by a larger one.
+                        self.cursor = None;
+                    }
+                    Ok(Action::Wait)
+                }
+            }
+            Step::End => Ok(Action::NextSegment),
+            Step::Bad(reason) => Err(LogError::Corrupt {
+                segment: path,
+                position: pos,
+                reason,
+            }),
+        }
+    }
+
+    fn next_segment(&mut self) -> Result<(), LogError> {
+        let Some(cursor) = self.cursor.take() else {
+            return Ok(());
+        };
+        let next = list_segments(&self.dir)?
+            .into_iter()
+            .find(|(base, _)| *base > cursor.base);
+        let Some((base, path)) = next else {
+            // Deleted meanwhile (retention): look at the tail again.
+            self.cursor = Some(cursor);
+            self.complete = false;
+            return Ok(());
+        };
+        if base != cursor.next_offset {
+            return Err(LogError::Corrupt {
+                segment: cursor.path,
+                position: cursor.pos,
+                reason: format!(
+                    "data ends at offset {} but the next segment {} starts at offset {base}",
+                    cursor.next_offset,
+                    path.display()
+                ),
+            });
+        }
+        self.cursor = Some(SegmentCursor::open(&path, base)?);
+        self.complete = false;
+        Ok(())
+    }
+}

@@ -1,0 +1,13 @@
+//! Junction's integration tests: one binary (link time), one module per area.
+
+mod support;
+
+mod backpressure;
+mod bad_input;
+mod browser;
+mod cli;
+mod corpus;
+mod crash;
+mod hardening;
+mod ingest;
+mod sdk;
