@@ -24,11 +24,47 @@ use crate::log::LogReader;
 const SNAPSHOT_MAGIC: &[u8; 8] = b"JDEDUP01";
 const SNAPSHOT_FILE: &str = "dedup.snapshot";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Slot {
-    Pending,
-    /// Seconds since the epoch when the event was appended.
-    Stored(u32),
+/// A stored entry's value: seconds since the epoch when its event was appended, or
+/// [`PENDING`] while the append runs.
+type Slot = u32;
+const PENDING: Slot = u32::MAX;
+
+/// Shards of the index: a growing map rehashes one shard at a time, under that shard's lock
+/// only, so no request waits for a rehash of the whole window.
+const SHARDS: usize = 64;
+
+/// A 128-bit key stored as two words (8-byte alignment: 24-byte entries instead of 32).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Key(u64, u64);
+
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.0);
+    }
+}
+
+/// The keys are XXH3 hashes already: use their bits instead of hashing them again.
+#[derive(Default)]
+struct PassThrough(u64);
+
+impl std::hash::Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+type Map = HashMap<Key, Slot, std::hash::BuildHasherDefault<PassThrough>>;
+
+fn split(k: u128) -> Key {
+    Key(k as u64, (k >> 64) as u64)
 }
 
 /// Outcome of reserving one key.
@@ -51,7 +87,7 @@ pub enum KeyState {
 }
 
 pub struct Dedup {
-    map: Mutex<HashMap<u128, Slot>>,
+    shards: Vec<Mutex<Map>>,
     window_secs: u32,
     dir: PathBuf,
 }
@@ -73,38 +109,51 @@ impl Dedup {
         window: Duration,
         now_s: u32,
     ) -> anyhow::Result<(Self, u64)> {
-        let window_secs = window.as_secs().min(u32::MAX as u64) as u32;
+        let window_secs = window.as_secs().min(u32::MAX as u64 - 1) as u32;
         let dedup = Dedup {
-            map: Mutex::new(HashMap::new()),
+            shards: (0..SHARDS).map(|_| Mutex::new(Map::default())).collect(),
             window_secs,
             dir: data_dir.to_path_buf(),
         };
         let from = dedup.load_snapshot(now_s).unwrap_or_else(|e| {
             tracing::warn!(error = %format!("{e:#}"), "dedup snapshot unusable, rebuilding from the log");
-            dedup.map.lock().unwrap().clear();
+            for shard in &dedup.shards {
+                shard.lock().unwrap().clear();
+            }
             0
         });
         let mut scanned = 0u64;
-        let cutoff = now_s.saturating_sub(window_secs);
+        let cutoff = dedup.cutoff(now_s);
         if log_dir.exists() {
             let mut reader = LogReader::open(log_dir, from).context("cannot read the event log")?;
-            let mut map = dedup.map.lock().unwrap();
             while let Some(rec) = reader.next_record().context("cannot read the event log")? {
                 scanned += 1;
-                let at = (rec.received_at_ms / 1000).clamp(0, u32::MAX as i64) as u32;
+                let at = (rec.received_at_ms / 1000).clamp(0, PENDING as i64 - 1) as u32;
                 if at >= cutoff {
-                    map.insert(key(&rec.source, &rec.message_id), Slot::Stored(at));
+                    dedup.insert(key(&rec.source, &rec.message_id), at);
                 }
             }
         }
         Ok((dedup, scanned))
     }
 
+    fn shard(&self, k: u128) -> &Mutex<Map> {
+        &self.shards[(k >> 122) as usize % SHARDS]
+    }
+
+    fn insert(&self, k: u128, slot: Slot) {
+        self.shard(k).lock().unwrap().insert(split(k), slot);
+    }
+
+    fn cutoff(&self, now_s: u32) -> u32 {
+        now_s.saturating_sub(self.window_secs)
+    }
+
     fn snapshot_path(&self) -> PathBuf {
         self.dir.join(SNAPSHOT_FILE)
     }
 
-    /// Reads the snapshot into the map; returns the log offset it covers (0 when absent).
+    /// Reads the snapshot into the index; returns the log offset it covers (0 when absent).
     fn load_snapshot(&self, now_s: u32) -> anyhow::Result<u64> {
         let path = self.snapshot_path();
         let mut bytes = Vec::new();
@@ -128,14 +177,12 @@ impl Dedup {
         if entries.len() != count * 20 {
             bail!("{} has a wrong length", path.display());
         }
-        let cutoff = now_s.saturating_sub(self.window_secs);
-        let mut map = self.map.lock().unwrap();
-        map.reserve(count);
+        let cutoff = self.cutoff(now_s);
         for e in entries.chunks_exact(20) {
             let k = u128::from_le_bytes(e[..16].try_into().unwrap());
             let at = u32::from_le_bytes(e[16..].try_into().unwrap());
-            if at >= cutoff {
-                map.insert(k, Slot::Stored(at));
+            if at >= cutoff && at != PENDING {
+                self.insert(k, at);
             }
         }
         Ok(offset)
@@ -149,11 +196,14 @@ impl Dedup {
         out.extend_from_slice(&next_offset.to_le_bytes());
         out.extend_from_slice(&0u64.to_le_bytes());
         let mut count = 0u64;
-        for (k, slot) in self.map.lock().unwrap().iter() {
-            if let Slot::Stored(at) = slot {
-                out.extend_from_slice(&k.to_le_bytes());
-                out.extend_from_slice(&at.to_le_bytes());
-                count += 1;
+        for shard in &self.shards {
+            for (k, at) in shard.lock().unwrap().iter() {
+                if *at != PENDING {
+                    let k = u128::from(k.0) | (u128::from(k.1) << 64);
+                    out.extend_from_slice(&k.to_le_bytes());
+                    out.extend_from_slice(&at.to_le_bytes());
+                    count += 1;
+                }
             }
         }
         out[16..24].copy_from_slice(&count.to_le_bytes());
@@ -162,24 +212,24 @@ impl Dedup {
         crate::fsutil::write_atomic(&self.snapshot_path(), &out)
     }
 
-    fn live(&self, slot: Option<&Slot>, cutoff: u32) -> KeyState {
+    fn live(slot: Option<&Slot>, cutoff: u32) -> KeyState {
         match slot {
             None => KeyState::Absent,
-            Some(Slot::Pending) => KeyState::Pending,
-            Some(Slot::Stored(at)) if *at >= cutoff => KeyState::Stored,
-            Some(Slot::Stored(_)) => KeyState::Absent,
+            Some(&PENDING) => KeyState::Pending,
+            Some(at) if *at >= cutoff => KeyState::Stored,
+            Some(_) => KeyState::Absent,
         }
     }
 
     /// Reserves every fresh key (in order; a key repeated within `keys` is a Duplicate).
     pub fn reserve(&self, keys: &[u128], now_s: u32) -> Vec<Check> {
-        let cutoff = now_s.saturating_sub(self.window_secs);
-        let mut map = self.map.lock().unwrap();
+        let cutoff = self.cutoff(now_s);
         let mut out = Vec::with_capacity(keys.len());
         for (i, k) in keys.iter().enumerate() {
-            let check = match self.live(map.get(k), cutoff) {
+            let mut map = self.shard(*k).lock().unwrap();
+            let check = match Self::live(map.get(&split(*k)), cutoff) {
                 KeyState::Absent => {
-                    map.insert(*k, Slot::Pending);
+                    map.insert(split(*k), PENDING);
                     Check::Fresh
                 }
                 KeyState::Stored => Check::Duplicate,
@@ -193,40 +243,44 @@ impl Dedup {
 
     /// Marks reserved keys as stored at `now_s`.
     pub fn commit(&self, keys: impl IntoIterator<Item = u128>, now_s: u32) {
-        let mut map = self.map.lock().unwrap();
+        let at = now_s.min(PENDING - 1);
         for k in keys {
-            map.insert(k, Slot::Stored(now_s));
+            self.insert(k, at);
         }
     }
 
     /// Forgets reserved keys whose append failed.
     pub fn release(&self, keys: impl IntoIterator<Item = u128>) {
-        let mut map = self.map.lock().unwrap();
         for k in keys {
-            if map.get(&k) == Some(&Slot::Pending) {
-                map.remove(&k);
+            let mut map = self.shard(k).lock().unwrap();
+            if map.get(&split(k)) == Some(&PENDING) {
+                map.remove(&split(k));
             }
         }
     }
 
     pub fn state(&self, k: u128, now_s: u32) -> KeyState {
-        let cutoff = now_s.saturating_sub(self.window_secs);
-        self.live(self.map.lock().unwrap().get(&k), cutoff)
+        Self::live(
+            self.shard(k).lock().unwrap().get(&split(k)),
+            self.cutoff(now_s),
+        )
     }
 
     /// Drops entries older than the window; returns how many remain.
     pub fn sweep(&self, now_s: u32) -> usize {
-        let cutoff = now_s.saturating_sub(self.window_secs);
-        let mut map = self.map.lock().unwrap();
-        map.retain(|_, s| match s {
-            Slot::Pending => true,
-            Slot::Stored(at) => *at >= cutoff,
-        });
-        map.len()
+        let cutoff = self.cutoff(now_s);
+        self.shards
+            .iter()
+            .map(|shard| {
+                let mut map = shard.lock().unwrap();
+                map.retain(|_, at| *at == PENDING || *at >= cutoff);
+                map.len()
+            })
+            .sum()
     }
 
     pub fn len(&self) -> usize {
-        self.map.lock().unwrap().len()
+        self.shards.iter().map(|s| s.lock().unwrap().len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {

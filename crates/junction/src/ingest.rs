@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::clock::Clock;
 use crate::dedup::{self, Check, Dedup, KeyState};
-use crate::log::{AppendError, Entry, Log, PendingFrame};
+use crate::log::{AppendError, Appended, Entry, Log, PendingFrame};
 use crate::metrics::{self, Counter, Histogram};
 
 /// The source name of events Junction itself writes into the log (derived events).
@@ -164,8 +164,8 @@ impl Ingestor {
 
     /// Stores `events` of `source` durably, skipping duplicates (see the module contract).
     ///
-    /// Cancellation-safe: the append and the commit (or release) of its dedup keys run in a
-    /// task of their own, so a request dropped at its deadline never leaves keys pending.
+    /// Cancellation-safe: a request dropped at its deadline mid-append hands the append to a
+    /// task (see [`Settle`]), so its dedup keys never stay pending.
     pub async fn store(
         &self,
         source: &str,
@@ -204,18 +204,7 @@ impl Ingestor {
                 );
                 let bytes = frame.len_bytes() as u64;
                 let fresh_keys: Vec<u128> = fresh.iter().map(|&i| keys[i]).collect();
-                let (log, dedup, clock) =
-                    (self.log.clone(), self.dedup.clone(), self.clock.clone());
-                let appended = tokio::spawn(async move {
-                    let r = log.append(frame).await;
-                    match &r {
-                        Ok(_) => dedup.commit(fresh_keys, secs(clock.now_ms())),
-                        Err(_) => dedup.release(fresh_keys),
-                    }
-                    r
-                })
-                .await
-                .map_err(|e| IngestError::Storage(format!("append task failed: {e}")))?;
+                let appended = Settle::new(self, fresh_keys, self.log.append(frame)).await;
                 match appended {
                     Ok(_) => {
                         result.stored += fresh.len();
@@ -357,5 +346,84 @@ impl Ingestor {
         self.metrics
             .store_latency
             .render(out, "junction_store_seconds", "");
+    }
+}
+
+type AppendFuture = std::pin::Pin<Box<dyn Future<Output = Result<Appended, AppendError>> + Send>>;
+
+/// An append in flight whose dedup keys must be committed (stored) or released (failed) once
+/// it resolves, even if the request awaiting it is dropped: `Drop` then moves the rest of the
+/// wait into a task. The common path spawns nothing.
+struct Settle {
+    append: Option<AppendFuture>,
+    keys: Vec<u128>,
+    dedup: Arc<Dedup>,
+    clock: Arc<dyn Clock>,
+}
+
+impl Settle {
+    fn new(
+        ingestor: &Ingestor,
+        keys: Vec<u128>,
+        append: impl Future<Output = Result<Appended, AppendError>> + Send + 'static,
+    ) -> Self {
+        Settle {
+            append: Some(Box::pin(append)),
+            keys,
+            dedup: ingestor.dedup.clone(),
+            clock: ingestor.clock.clone(),
+        }
+    }
+
+    fn settle(
+        dedup: &Dedup,
+        clock: &dyn Clock,
+        keys: Vec<u128>,
+        r: &Result<Appended, AppendError>,
+    ) {
+        match r {
+            Ok(_) => dedup.commit(keys, secs(clock.now_ms())),
+            Err(_) => dedup.release(keys),
+        }
+    }
+}
+
+impl Future for Settle {
+    type Output = Result<Appended, AppendError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = &mut *self;
+        let append = this
+            .append
+            .as_mut()
+            .expect("Settle polled after completion");
+        let r = std::task::ready!(append.as_mut().poll(cx));
+        this.append = None;
+        Self::settle(
+            &this.dedup,
+            &*this.clock,
+            std::mem::take(&mut this.keys),
+            &r,
+        );
+        std::task::Poll::Ready(r)
+    }
+}
+
+impl Drop for Settle {
+    fn drop(&mut self) {
+        if let Some(append) = self.append.take() {
+            let (keys, dedup, clock) = (
+                std::mem::take(&mut self.keys),
+                self.dedup.clone(),
+                self.clock.clone(),
+            );
+            tokio::spawn(async move {
+                let r = append.await;
+                Settle::settle(&dedup, &*clock, keys, &r);
+            });
+        }
     }
 }

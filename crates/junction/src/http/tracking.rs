@@ -32,7 +32,7 @@ pub async fn v1(
     let (shape, browser) = match kind.as_str() {
         "batch" | "import" => (Shape::Batch, false),
         "b" => (Shape::Batch, true),
-        "m" => return Ok(Json(json!({"success": true})).into_response()),
+        "m" => return Ok(success()),
         k => match (EventType::parse(k), EventType::from_letter(k)) {
             (Some(t), _) => (Shape::Single(t), false),
             (None, Some(t)) => (Shape::Single(t), true),
@@ -49,6 +49,15 @@ pub async fn beacon(
     req: Request,
 ) -> Result<Response, ApiError> {
     ingest(&state, Shape::Batch, true, query.get("writeKey"), req).await
+}
+
+/// `200 {"success":true}`, the answer every SDK expects.
+fn success() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        r#"{"success":true}"#,
+    )
+        .into_response()
 }
 
 /// The write key of `Authorization: Basic base64(key:)` (the colon is optional).
@@ -132,12 +141,10 @@ async fn ingest(
             .store(&source, parsed.events, received_at)
             .await?;
     }
-    let body = if parsed.rejected.is_empty() {
-        json!({"success": true})
-    } else {
-        json!({"success": true, "rejected": parsed.rejected})
-    };
-    Ok(Json(body).into_response())
+    if parsed.rejected.is_empty() {
+        return Ok(success());
+    }
+    Ok(Json(json!({"success": true, "rejected": parsed.rejected})).into_response())
 }
 
 /// `GET /v1/projects/{writeKey}/settings`: what analytics.js (analytics-next) loads from its

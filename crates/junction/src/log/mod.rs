@@ -401,10 +401,19 @@ impl Log {
 
     /// Appends one frame; resolves after it is durable. Dropping the future does not cancel
     /// the write.
-    pub async fn append(&self, frame: PendingFrame) -> Result<Appended, AppendError> {
-        match self.submit(frame)? {
-            Ticket::Done(appended) => Ok(appended),
-            Ticket::Wait(rx) => rx.await.unwrap_or(Err(AppendError::Closed)),
+    ///
+    /// The frame is submitted when `append` is called, not when the future is first polled;
+    /// dropping the future does not cancel the write.
+    pub fn append(
+        &self,
+        frame: PendingFrame,
+    ) -> impl Future<Output = Result<Appended, AppendError>> + Send + 'static {
+        let ticket = self.submit(frame);
+        async move {
+            match ticket? {
+                Ticket::Done(appended) => Ok(appended),
+                Ticket::Wait(rx) => rx.await.unwrap_or(Err(AppendError::Closed)),
+            }
         }
     }
 

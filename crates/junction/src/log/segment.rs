@@ -13,7 +13,7 @@
 //!   after the last good frame, so the next append lands on zeros.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write as _};
+use std::io;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +27,8 @@ use super::{FailPoints, LogError, RecoveryReport, TornTail};
 const SEGMENT_EXT: &str = "seg";
 const TEMP_EXT: &str = "tmp";
 const CHUNK: usize = 1 << 20;
+/// Dirty zero-fill bytes allowed before the preparer syncs them.
+const ZERO_FILL_SYNC_BYTES: usize = 4 << 20;
 /// Read-ahead of a cursor: starts small (a follower polling the tail re-reads little) and
 /// doubles with every refill up to the maximum.
 const MIN_READ_AHEAD: usize = 4 << 10;
@@ -81,6 +83,31 @@ impl Prepared {
     }
 }
 
+/// Gives `file` `size` bytes of allocated space that read as zeros.
+///
+/// `fallocate` allocates the blocks (unwritten extents read back as zeros) without writing
+/// them: writing zeros through the page cache cost up to a third of the server's CPU at
+/// ingest speed. Where `fallocate` is unsupported the zeros are written, synced every few
+/// MiB so a burst of dirty zeros never queues ahead of the writer's fdatasync.
+fn allocate_zeroed(file: &File, size: u64) -> io::Result<()> {
+    match rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, size) {
+        Ok(()) => return Ok(()),
+        Err(e) if e == rustix::io::Errno::OPNOTSUPP || e == rustix::io::Errno::NOSYS => {}
+        Err(e) => return Err(e.into()),
+    }
+    let zeros = vec![0u8; CHUNK.min(size as usize)];
+    let mut done = 0;
+    while done < size {
+        let n = (size - done).min(zeros.len() as u64) as usize;
+        file.write_all_at(&zeros[..n], done)?;
+        done += n as u64;
+        if done % ZERO_FILL_SYNC_BYTES as u64 == 0 {
+            file.sync_data()?;
+        }
+    }
+    Ok(())
+}
+
 /// Creates `<dir>/prepare-<pid>-<n>.tmp` of exactly `size` zero bytes and fsyncs it.
 pub fn prepare(dir: &Path, size: u64, fail: &FailPoints) -> io::Result<Prepared> {
     static SEQ: AtomicU64 = AtomicU64::new(0);
@@ -88,18 +115,12 @@ pub fn prepare(dir: &Path, size: u64, fail: &FailPoints) -> io::Result<Prepared>
     let path = dir.join(format!("prepare-{}-{n}.{TEMP_EXT}", std::process::id()));
     let result = (|| {
         fail.check_prepare()?;
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
             .open(&path)?;
-        let zeros = vec![0u8; CHUNK.min(size as usize)];
-        let mut left = size;
-        while left > 0 {
-            let n = left.min(zeros.len() as u64) as usize;
-            file.write_all(&zeros[..n])?;
-            left -= n as u64;
-        }
+        allocate_zeroed(&file, size)?;
         file.sync_all()?;
         Ok(file)
     })();

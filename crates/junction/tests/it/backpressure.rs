@@ -217,3 +217,33 @@ fn a_full_disk_gives_503_and_recovers_when_space_returns() {
         "every acknowledged event stored exactly once"
     );
 }
+
+#[tokio::test]
+async fn a_request_dropped_mid_append_leaves_no_pending_dedup_keys() {
+    use tower::ServiceExt;
+    let app = TestApp::new();
+    let log = app.state.ingestor.log().clone();
+    log.fail_points().pause_writer(true);
+    let body = json!({"batch": [{"type": "track", "userId": "u", "event": "E", "messageId": "dropped-1"}]}).to_string();
+    let req = Request::post("/v1/batch")
+        .header("authorization", basic(WRITE_KEY))
+        .body(Body::from(body.clone()))
+        .unwrap();
+    // The request is abandoned (client gone, deadline) while its append waits for the writer.
+    let abandoned = tokio::time::timeout(
+        Duration::from_millis(200),
+        junction::http::router(app.state.clone()).oneshot(req),
+    )
+    .await;
+    assert!(
+        abandoned.is_err(),
+        "nothing can complete while the writer is paused"
+    );
+    log.fail_points().pause_writer(false);
+    // The retry must neither hang on a pending key nor store the event twice.
+    let (s, _) = tokio::time::timeout(Duration::from_secs(5), app.post("/v1/batch", body))
+        .await
+        .expect("retry hung on a pending key");
+    assert_eq!(s, 200);
+    assert_eq!(app.stored().len(), 1);
+}
