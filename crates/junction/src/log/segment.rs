@@ -3,8 +3,8 @@
 //! Contract:
 //! - A segment is `<dir>/<base offset, 20 digits>.seg`; it exists under that name only after
 //!   its header is durable ([`install`]), so every `.seg` file starts with a valid header.
-//! - [`prepare`] zero-fills a `*.tmp` file and fsyncs it: writes into it later never change
-//!   its size, so `fdatasync` after an append commits data only. Leftover `*.tmp` files are
+//! - [`prepare`] preallocates a `*.tmp` file (`fallocate`, else a zero fill) and fsyncs it:
+//!   writes into it later never change its size. Leftover `*.tmp` files are
 //!   garbage and [`recover`] deletes them.
 //! - [`SegmentCursor`] walks frames in order and never modifies the file; it reports the end
 //!   of written data (`End`: zero length or end of file) separately from a frame that is not
@@ -68,7 +68,7 @@ pub fn now_ms() -> i64 {
     now.map_or(0, |d| d.as_millis() as i64)
 }
 
-/// A zero-filled, fsynced file waiting to become a segment.
+/// A preallocated (reads as zeros), fsynced file waiting to become a segment.
 #[derive(Debug)]
 pub struct Prepared {
     file: File,

@@ -12,7 +12,7 @@
 //!   zeroed (and synced) before anything is written again. While degraded, new appends fail
 //!   fast; every ~1 s the writer retries the repair (zeroing, then a roll if one was due)
 //!   and turns healthy again by itself.
-//! - The preparer keeps one zero-filled spare file ready; after a failure it retries every
+//! - The preparer keeps one preallocated spare file ready; after a failure it retries every
 //!   ~1 s. A frame larger than a spare gets a segment sized to fit, prepared by the writer.
 //! - Retention deletes whole sealed segments (never the active one), oldest first.
 
@@ -181,7 +181,7 @@ impl Shared {
     }
 }
 
-/// The preparer thread: keeps one zero-filled spare segment ready.
+/// The preparer thread: keeps one preallocated spare segment ready.
 pub fn run_preparer(shared: Arc<Shared>) {
     let mut last_failure: Option<Instant> = None;
     let mut slot = lock(&shared.spare);
