@@ -309,7 +309,13 @@ impl Writer {
             }
             let paused = self.shared.fail.paused();
             if !queue.items.is_empty() && !paused {
-                return (std::mem::take(&mut queue.items), false);
+                // Let appenders that are runnable right now (a saturated server) queue their
+                // frames first, so one fdatasync covers them all. When no other thread is
+                // runnable this returns at once and adds no latency.
+                drop(queue);
+                std::thread::yield_now();
+                queue = lock(&self.shared.queue);
+                return (std::mem::take(&mut queue.items), queue.closed);
             }
             let wait = if paused {
                 Duration::from_millis(5)
