@@ -65,6 +65,8 @@ pub struct IngestSection {
     pub max_batch_events: Option<usize>,
     pub max_depth: Option<usize>,
     pub dedup_window_secs: Option<u64>,
+    /// Memory bound of the dedup index; past it the oldest keys are evicted (~40 B each).
+    pub dedup_max_keys: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -128,6 +130,7 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     pub limits: junction_core::event::Limits,
     pub dedup_window: Duration,
+    pub dedup_max_keys: usize,
     pub log: LogConfig,
     pub sources: Vec<SourceConfig>,
     pub tokens: Vec<Token>,
@@ -262,6 +265,7 @@ pub fn build(file: Option<FileConfig>, overrides: &Overrides) -> anyhow::Result<
         shutdown_timeout: Duration::from_secs(file.server.shutdown_timeout_secs.unwrap_or(30)),
         limits,
         dedup_window: Duration::from_secs(ingest.dedup_window_secs.unwrap_or(24 * 3600)),
+        dedup_max_keys: ingest.dedup_max_keys.unwrap_or(50_000_000),
         log,
         sources,
         tokens,

@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -89,6 +90,10 @@ pub enum KeyState {
 pub struct Dedup {
     shards: Vec<Mutex<Map>>,
     window_secs: u32,
+    /// Memory bound: past this many keys, [`Dedup::sweep`] evicts the oldest ones.
+    max_keys: usize,
+    /// Keys stored before this second count as absent: raised by eviction.
+    floor_s: AtomicU32,
     dir: PathBuf,
 }
 
@@ -107,12 +112,15 @@ impl Dedup {
         data_dir: &Path,
         log_dir: &Path,
         window: Duration,
+        max_keys: usize,
         now_s: u32,
     ) -> anyhow::Result<(Self, u64)> {
         let window_secs = window.as_secs().min(u32::MAX as u64 - 1) as u32;
         let dedup = Dedup {
             shards: (0..SHARDS).map(|_| Mutex::new(Map::default())).collect(),
             window_secs,
+            max_keys: max_keys.max(1),
+            floor_s: AtomicU32::new(0),
             dir: data_dir.to_path_buf(),
         };
         let from = dedup.load_snapshot(now_s).unwrap_or_else(|e| {
@@ -134,6 +142,7 @@ impl Dedup {
                 }
             }
         }
+        dedup.sweep(now_s);
         Ok((dedup, scanned))
     }
 
@@ -146,7 +155,15 @@ impl Dedup {
     }
 
     fn cutoff(&self, now_s: u32) -> u32 {
-        now_s.saturating_sub(self.window_secs)
+        now_s
+            .saturating_sub(self.window_secs)
+            .max(self.floor_s.load(Ordering::Relaxed))
+    }
+
+    /// Seconds of history the index currently covers: the configured window, or less while
+    /// the key cap forces older keys out.
+    pub fn effective_window_secs(&self, now_s: u32) -> u32 {
+        now_s.saturating_sub(self.cutoff(now_s))
     }
 
     fn snapshot_path(&self) -> PathBuf {
@@ -266,9 +283,44 @@ impl Dedup {
         )
     }
 
-    /// Drops entries older than the window; returns how many remain.
+    /// Drops entries older than the window; past `max_keys`, also the oldest ones, down to
+    /// 90% of the cap (raising the floor below which keys count as absent). Returns how
+    /// many remain.
     pub fn sweep(&self, now_s: u32) -> usize {
-        let cutoff = self.cutoff(now_s);
+        let mut remaining = self.retain_from(self.cutoff(now_s));
+        if remaining > self.max_keys {
+            // Count keys per second of age, newest first, to find the new floor.
+            let mut per_second: std::collections::BTreeMap<u32, usize> = Default::default();
+            for shard in &self.shards {
+                for at in shard.lock().unwrap().values() {
+                    if *at != PENDING {
+                        *per_second.entry(*at).or_default() += 1;
+                    }
+                }
+            }
+            let keep = self.max_keys / 10 * 9;
+            let mut kept = 0;
+            let mut floor = now_s;
+            for (at, n) in per_second.iter().rev() {
+                if kept + n > keep {
+                    break;
+                }
+                kept += n;
+                floor = *at;
+            }
+            self.floor_s.fetch_max(floor, Ordering::Relaxed);
+            tracing::warn!(
+                keys = remaining,
+                max_keys = self.max_keys,
+                window_secs = self.effective_window_secs(now_s),
+                "dedup index over its key cap: oldest keys evicted, the dedup window is shorter"
+            );
+            remaining = self.retain_from(self.cutoff(now_s));
+        }
+        remaining
+    }
+
+    fn retain_from(&self, cutoff: u32) -> usize {
         self.shards
             .iter()
             .map(|shard| {
@@ -292,15 +344,21 @@ impl Dedup {
 mod tests {
     use super::*;
 
-    fn empty(window: u64) -> (tempfile::TempDir, Dedup) {
-        let dir = tempfile::tempdir().unwrap();
-        let (d, _) = Dedup::open(
-            dir.path(),
-            &dir.path().join("log"),
+    fn open_in(dir: &Path, window: u64, max_keys: usize) -> Dedup {
+        Dedup::open(
+            dir,
+            &dir.join("log"),
             Duration::from_secs(window),
+            max_keys,
             1000,
         )
-        .unwrap();
+        .unwrap()
+        .0
+    }
+
+    fn empty(window: u64) -> (tempfile::TempDir, Dedup) {
+        let dir = tempfile::tempdir().unwrap();
+        let d = open_in(dir.path(), window, 1_000_000);
         (dir, d)
     }
 
@@ -336,6 +394,32 @@ mod tests {
     }
 
     #[test]
+    fn the_key_cap_evicts_the_oldest_keys_and_shortens_the_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = open_in(dir.path(), 10_000, 10);
+        let keys: Vec<u128> = (0..30).map(|i| key("s", &i.to_string())).collect();
+        for (i, k) in keys.iter().enumerate() {
+            d.reserve(&[*k], 1000 + i as u32);
+            d.commit([*k], 1000 + i as u32);
+        }
+        let remaining = d.sweep(1030);
+        assert!(remaining <= 10, "{remaining} keys kept over a cap of 10");
+        assert_eq!(
+            d.state(keys[29], 1030),
+            KeyState::Stored,
+            "the newest keys are kept"
+        );
+        assert_eq!(
+            d.state(keys[0], 1030),
+            KeyState::Absent,
+            "the oldest keys are evicted"
+        );
+        assert!(d.effective_window_secs(1030) < 10_000);
+        // An evicted key can be stored again (at-most-once is best effort past the cap).
+        assert_eq!(d.reserve(&[keys[0]], 1030), vec![Check::Fresh]);
+    }
+
+    #[test]
     fn scoped_per_source() {
         assert_ne!(key("web", "m1"), key("ios", "m1"));
         assert_ne!(key("ab", "c"), key("a", "bc"));
@@ -348,13 +432,7 @@ mod tests {
         d.reserve(&[a, key("s", "pending")], 1000);
         d.commit([a], 1000);
         d.write_snapshot(0).unwrap();
-        let (d2, _) = Dedup::open(
-            dir.path(),
-            &dir.path().join("log"),
-            Duration::from_secs(100),
-            1000,
-        )
-        .unwrap();
+        let d2 = open_in(dir.path(), 100, 1_000_000);
         assert_eq!(d2.state(a, 1000), KeyState::Stored);
         assert_eq!(d2.state(key("s", "pending"), 1000), KeyState::Absent);
         // A corrupted snapshot is ignored (the log is the source of truth).
@@ -362,13 +440,7 @@ mod tests {
         let mut bytes = std::fs::read(&p).unwrap();
         bytes[30] ^= 0xff;
         std::fs::write(&p, bytes).unwrap();
-        let (d3, _) = Dedup::open(
-            dir.path(),
-            &dir.path().join("log"),
-            Duration::from_secs(100),
-            1000,
-        )
-        .unwrap();
+        let d3 = open_in(dir.path(), 100, 1_000_000);
         assert_eq!(d3.state(a, 1000), KeyState::Absent);
     }
 }

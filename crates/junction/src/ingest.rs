@@ -112,6 +112,7 @@ impl Ingestor {
             &config.data_dir,
             &config.log.dir,
             config.dedup_window,
+            config.dedup_max_keys,
             secs(clock.now_ms()),
         )?;
         tracing::info!(entries = dedup.len(), scanned, "dedup index loaded");
@@ -306,37 +307,35 @@ impl Ingestor {
                 *n,
             );
         }
-        metrics::header(
+        metrics::single(
             out,
             "junction_events_deduplicated_total",
             "counter",
             "Events dropped as duplicates of a stored (source, messageId).",
-        );
-        metrics::sample(
-            out,
-            "junction_events_deduplicated_total",
-            "",
             self.metrics.deduplicated.get(),
         );
-        metrics::header(
+        metrics::single(
             out,
             "junction_ingest_bytes_total",
             "counter",
             "Bytes of stored events (encoded frames).",
-        );
-        metrics::sample(
-            out,
-            "junction_ingest_bytes_total",
-            "",
             self.metrics.bytes.get(),
         );
-        metrics::header(
+        metrics::single(
             out,
             "junction_dedup_entries",
             "gauge",
             "Keys in the dedup window.",
+            self.dedup.len() as u64,
         );
-        metrics::sample(out, "junction_dedup_entries", "", self.dedup.len() as u64);
+        let window = self.dedup.effective_window_secs(secs(self.now_ms()));
+        metrics::single(
+            out,
+            "junction_dedup_window_seconds",
+            "gauge",
+            "History the dedup index covers: the configured window, less while the key cap evicts.",
+            u64::from(window),
+        );
         metrics::header(
             out,
             "junction_store_seconds",

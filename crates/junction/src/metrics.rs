@@ -116,6 +116,12 @@ pub fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
+/// Appends a metric that has one unlabelled sample: its header and its value.
+pub fn single(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
+    header(out, name, kind, help);
+    sample(out, name, "", value);
+}
+
 /// Appends one sample line.
 pub fn sample(out: &mut String, name: &str, labels: &str, value: u64) {
     if labels.is_empty() {

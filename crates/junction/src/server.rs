@@ -104,12 +104,24 @@ pub async fn run(config: Config, options: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Expires dedup keys once a minute, and enforces the key cap every 10 s (a sweep walks
+/// every key, so it runs only when due). Off the async workers: a sweep can take a while.
 fn spawn_dedup_sweeper(state: SharedState) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(10));
+        let mut last_full = tokio::time::Instant::now();
         loop {
             every.tick().await;
-            state.ingestor.dedup().sweep(secs(state.clock.now_ms()));
+            let dedup_state = state.clone();
+            let over_cap = state.ingestor.dedup().len() > state.config.dedup_max_keys;
+            if over_cap || last_full.elapsed() >= std::time::Duration::from_secs(60) {
+                last_full = tokio::time::Instant::now();
+                let _ = tokio::task::spawn_blocking(move || {
+                    let now = secs(dedup_state.clock.now_ms());
+                    dedup_state.ingestor.dedup().sweep(now)
+                })
+                .await;
+            }
         }
     })
 }

@@ -539,8 +539,7 @@ impl Log {
             ),
         ];
         for (name, help, value) in gauges {
-            metrics::header(out, name, "gauge", help);
-            metrics::sample(out, name, "", value);
+            metrics::single(out, name, "gauge", help, value);
         }
         let name = "junction_log_fsync_seconds";
         metrics::header(
@@ -551,21 +550,21 @@ impl Log {
         );
         m.fsync.render(out, name, "");
         let name = "junction_log_appended_frames_total";
-        metrics::header(
+        metrics::single(
             out,
             name,
             "counter",
             "Frames made durable in the event log.",
+            m.appended_frames.get(),
         );
-        metrics::sample(out, name, "", m.appended_frames.get());
         let name = "junction_log_appended_events_total";
-        metrics::header(
+        metrics::single(
             out,
             name,
             "counter",
             "Events made durable in the event log.",
+            m.appended_events.get(),
         );
-        metrics::sample(out, name, "", m.appended_events.get());
         let name = "junction_log_append_errors_total";
         metrics::header(out, name, "counter", "Failed event log appends by reason.");
         metrics::sample(

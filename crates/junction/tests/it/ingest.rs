@@ -475,37 +475,16 @@ async fn debugger_streams_ingested_and_rejected_events_filtered_by_source() {
     use tower::ServiceExt;
     let app = TestApp::new();
     let router = junction::http::router(app.state.clone());
-    let unauth = router
-        .clone()
-        .oneshot(
-            Request::get("/api/v1/debugger/events")
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(unauth.status(), 401);
-    let wrong_scope = router
-        .clone()
-        .oneshot(
-            Request::get("/api/v1/debugger/events")
-                .header("authorization", format!("Bearer {PROFILES_TOKEN}"))
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(wrong_scope.status(), 403);
-    let resp = router
-        .clone()
-        .oneshot(
-            Request::get("/api/v1/debugger/events?source=web")
-                .header("authorization", format!("Bearer {EVENTS_TOKEN}"))
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let open = |token: Option<&str>, query: &str| {
+        let mut req = Request::get(format!("/api/v1/debugger/events{query}"));
+        if let Some(t) = token {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        router.clone().oneshot(req.body(Body::empty()).unwrap())
+    };
+    assert_eq!(open(None, "").await.unwrap().status(), 401);
+    assert_eq!(open(Some(PROFILES_TOKEN), "").await.unwrap().status(), 403);
+    let resp = open(Some(EVENTS_TOKEN), "?source=web").await.unwrap();
     assert_eq!(resp.status(), 200);
     assert!(
         resp.headers()["content-type"]
