@@ -28,11 +28,8 @@ use crate::stats::{median, round3};
 use crate::sysinfo::{self, Machine};
 
 pub const WRITE_KEY: &str = "wk_bench";
-/// Counters of event-frame bytes written to the log, in order of preference.
-const WRITTEN_METRICS: &[&str] = &[
-    "junction_log_written_bytes_total",
-    "junction_ingest_bytes_total",
-];
+/// The server's counter of event-frame bytes written to the log.
+const WRITTEN_METRIC: &str = "junction_ingest_bytes_total";
 const ADMIN_TOKEN: &str = "tok_admin_bench";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -420,10 +417,7 @@ impl RunCtx<'_> {
                 .as_deref()
                 .and_then(|t| prometheus_sum(t, name))
         };
-        // The frames' bytes: the name the brief asked for, else the server's own name for it.
-        let written = WRITTEN_METRICS
-            .iter()
-            .find_map(|m| metric(m).map(|v| (*m, v)));
+        let written = metric(WRITTEN_METRIC).map(|v| (WRITTEN_METRIC, v));
         let fsyncs = metric("junction_log_fsync_seconds_count");
         let stored = metric("junction_log_appended_events_total");
         let quantile = |name: &str, q: f64| {
@@ -1020,7 +1014,7 @@ fn render_markdown(
     }
     let _ = writeln!(
         md,
-        "\nLatency is measured by the client from the request's send time (closed loop) or intended send time (open loop) to the end of the response. \"used\" is the log directory's allocated blocks (preallocated segments count in full), \"apparent\" its file sizes, \"written\" the frame bytes counted by `junction_log_written_bytes_total` (or, if absent, `junction_ingest_bytes_total`) from /metrics; events/fdatasync divides acknowledged events by `junction_log_fsync_seconds_count`; all are divided by the events acknowledged with 200 over the whole run, warm-up included, as is server CPU time. \"other processes\" is the machine's busy CPU time during the load minus the server's and the load generator's: interference from the rest of the machine; a run where it exceeds 10% of one CPU is marked noisy."
+        "\nLatency is measured by the client from the request's send time (closed loop) or intended send time (open loop) to the end of the response. \"used\" is the log directory's allocated blocks (preallocated segments count in full), \"apparent\" its file sizes, \"written\" the frame bytes counted by `junction_ingest_bytes_total` from /metrics; events/fdatasync divides acknowledged events by `junction_log_fsync_seconds_count`; all are divided by the events acknowledged with 200 over the whole run, warm-up included, as is server CPU time. \"other processes\" is the machine's busy CPU time during the load minus the server's and the load generator's: interference from the rest of the machine; a run where it exceeds 10% of one CPU is marked noisy."
     );
     md
 }

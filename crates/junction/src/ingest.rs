@@ -209,6 +209,13 @@ impl Ingestor {
                 match appended {
                     Ok(_) => {
                         result.stored += fresh.len();
+                        *self
+                            .metrics
+                            .ingested
+                            .lock()
+                            .unwrap()
+                            .entry(source.to_string())
+                            .or_default() += fresh.len() as u64;
                         self.metrics.bytes.add(bytes);
                         self.publish(source, fresh.iter().map(|&i| &events[i]), received_at_ms);
                     }
@@ -241,15 +248,6 @@ impl Ingestor {
             }
         }
         self.metrics.deduplicated.add(result.duplicates as u64);
-        if result.stored > 0 {
-            *self
-                .metrics
-                .ingested
-                .lock()
-                .unwrap()
-                .entry(source.to_string())
-                .or_default() += result.stored as u64;
-        }
         self.metrics.store_latency.observe(started.elapsed());
         Ok(result)
     }

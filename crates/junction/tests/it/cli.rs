@@ -262,3 +262,42 @@ fn a_bad_config_file_names_the_key_and_line() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("writekey") && err.contains("line 6"), "{err}");
 }
+
+#[test]
+fn import_shows_progress_on_a_tty_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _) = write_config(dir.path());
+    let file = dir.path().join("many.jsonl");
+    let lines: Vec<String> = (0..30_000)
+        .map(|i| json!({"type": "track", "userId": format!("u{i}"), "event": "Bulk", "properties": {"i": i, "pad": "x".repeat(200)}}).to_string())
+        .collect();
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    // `script` gives the command a pseudo-terminal and copies what it printed.
+    let command = format!(
+        "{} import {} --source web --config {}",
+        junction_bin().display(),
+        file.display(),
+        config.display()
+    );
+    let out = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .output()
+        .expect("util-linux `script`");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("imported: 30000"), "{text}");
+    assert!(text.contains("eta"), "no progress bar on a TTY:\n{text}");
+    // Without a TTY: the summary only.
+    let file2 = dir.path().join("more.jsonl");
+    std::fs::write(&file2, lines[..100].join("\n")).unwrap();
+    let out = import(&config, &file2, "web");
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        all.contains("imported: 100") && !all.contains("eta"),
+        "{all}"
+    );
+}
