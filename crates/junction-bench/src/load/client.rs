@@ -85,6 +85,15 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// `n` connections to `target`, opened one after the other.
+    pub(crate) async fn connect_all(target: &Target, n: usize) -> anyhow::Result<Vec<Conn>> {
+        let mut conns = Vec::with_capacity(n);
+        for _ in 0..n {
+            conns.push(Conn::connect(target).await?);
+        }
+        Ok(conns)
+    }
+
     pub async fn connect(target: &Target) -> Result<Self> {
         let stream = TcpStream::connect(target.addr)
             .await

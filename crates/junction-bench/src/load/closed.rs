@@ -14,13 +14,7 @@ use super::client::Conn;
 use super::{Ctx, LoadArgs, Window, WorkerStats};
 
 pub(crate) fn run(rt: &Runtime, ctx: &Arc<Ctx>, args: &LoadArgs) -> Result<WorkerStats> {
-    let conns = rt.block_on(async {
-        let mut conns = Vec::with_capacity(args.connections);
-        for _ in 0..args.connections {
-            conns.push(Conn::connect(&ctx.target).await?);
-        }
-        anyhow::Ok(conns)
-    })?;
+    let conns = rt.block_on(Conn::connect_all(&ctx.target, args.connections))?;
     let start = Instant::now() + Duration::from_secs_f64(args.warmup);
     let window = Window {
         start,

@@ -50,13 +50,7 @@ pub(crate) fn run(
         super::Route::Track => 1.0,
     };
     let interval = Duration::from_secs_f64(events_per_request / rate);
-    let conns = rt.block_on(async {
-        let mut conns = Vec::with_capacity(args.connections);
-        for _ in 0..args.connections {
-            conns.push(Conn::connect(&ctx.target).await?);
-        }
-        anyhow::Ok(conns)
-    })?;
+    let conns = rt.block_on(Conn::connect_all(&ctx.target, args.connections))?;
     let (tx, rx) = mpsc::unbounded_channel::<Job>();
     let begin = Instant::now() + Duration::from_millis(20);
     let start = begin + Duration::from_secs_f64(args.warmup);

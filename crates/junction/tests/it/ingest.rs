@@ -387,14 +387,7 @@ async fn settings_routes_point_browser_sdks_back_here() {
         "cdp.local:8088/v1"
     );
     assert_eq!(body["metrics"]["sampleRate"], 0);
-    let (s, _, _) = app
-        .call(
-            Request::get("/v1/projects/nope/settings")
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await;
-    assert_eq!(s, 404);
+    assert_eq!(app.get("/v1/projects/nope/settings").await.0, 404);
     let req = Request::get("/sourceConfig/?p=npm&v=3&writeKey=x")
         .header("authorization", basic(WRITE_KEY))
         .body(Body::empty())
@@ -404,14 +397,7 @@ async fn settings_routes_point_browser_sdks_back_here() {
     assert_eq!(body["source"]["id"], "web");
     assert_eq!(body["source"]["enabled"], true);
     assert!(body["source"]["config"].is_object() && body["source"]["destinations"].is_array());
-    let (s, _, _) = app
-        .call(
-            Request::get("/sourceConfig/?writeKey=nope")
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await;
-    assert_eq!(s, 401);
+    assert_eq!(app.get("/sourceConfig/?writeKey=nope").await.0, 401);
 }
 
 #[tokio::test]

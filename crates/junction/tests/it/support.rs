@@ -140,6 +140,13 @@ impl TestApp {
         (s, j)
     }
 
+    pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        let (s, _, j) = self
+            .call(Request::get(path).body(Body::empty()).unwrap())
+            .await;
+        (s, j)
+    }
+
     /// Every stored event as JSON, in log order.
     pub fn stored(&self) -> Vec<serde_json::Value> {
         read_log(&self.state.config.log.dir)
