@@ -34,33 +34,48 @@ pub fn validate_json_limits(raw: &[u8], max_depth: usize) -> Result<(), JsonLimi
 
 /// `true` when `raw` is within limits. No allocation.
 fn fast_scan(raw: &[u8], max_depth: usize) -> bool {
+    walk(raw, 0, max_depth, false).is_ok()
+}
+
+/// Walks the tokens of valid JSON from `j`: strings are skipped, containers may nest
+/// `budget` levels (counted from `j`), every number must be finite as f64. With
+/// `until_close` it stops just past the bracket that closes the container opened at `j`
+/// (`Malformed` if none does); otherwise it walks to the end of `b`.
+#[inline]
+fn walk(b: &[u8], mut j: usize, budget: usize, until_close: bool) -> Result<usize, Stop> {
     let mut depth = 0usize;
-    let mut i = 0;
-    while i < raw.len() {
-        match raw[i] {
-            b'"' => i = skip_string(raw, i + 1),
+    while j < b.len() {
+        match b[j] {
+            b'"' => j = skip_string(b, j + 1),
             b'{' | b'[' => {
                 depth += 1;
-                if depth > max_depth {
-                    return false;
+                if depth > budget {
+                    return Err(Stop::Limit);
                 }
-                i += 1;
+                j += 1;
             }
             b'}' | b']' => {
                 depth = depth.saturating_sub(1);
-                i += 1;
+                j += 1;
+                if until_close && depth == 0 {
+                    return Ok(j);
+                }
             }
             b'-' | b'0'..=b'9' => {
-                let end = number_end(raw, i);
-                if !number_ok(&raw[i..end]) {
-                    return false;
+                let end = number_end(b, j);
+                if !number_ok(&b[j..end]) {
+                    return Err(Stop::Limit);
                 }
-                i = end;
+                j = end;
             }
-            _ => i += 1,
+            _ => j += 1,
         }
     }
-    true
+    if until_close {
+        Err(Stop::Malformed)
+    } else {
+        Ok(j)
+    }
 }
 
 /// Index just past the closing quote of a string whose body starts at `i` (`raw.len()` when
@@ -201,38 +216,7 @@ fn skip_ws(b: &[u8], mut i: usize) -> usize {
 fn scan_value(b: &[u8], i: usize, budget: usize) -> Result<usize, Stop> {
     match b.get(i) {
         Some(b'"') => Ok(skip_string(b, i + 1)),
-        Some(b'{' | b'[') => {
-            let mut depth = 0usize;
-            let mut j = i;
-            while j < b.len() {
-                match b[j] {
-                    b'"' => j = skip_string(b, j + 1),
-                    b'{' | b'[' => {
-                        depth += 1;
-                        if depth > budget {
-                            return Err(Stop::Limit);
-                        }
-                        j += 1;
-                    }
-                    b'}' | b']' => {
-                        depth -= 1;
-                        j += 1;
-                        if depth == 0 {
-                            return Ok(j);
-                        }
-                    }
-                    b'-' | b'0'..=b'9' => {
-                        let end = number_end(b, j);
-                        if !number_ok(&b[j..end]) {
-                            return Err(Stop::Limit);
-                        }
-                        j = end;
-                    }
-                    _ => j += 1,
-                }
-            }
-            Err(Stop::Malformed)
-        }
+        Some(b'{' | b'[') => walk(b, i, budget, true),
         Some(b'-' | b'0'..=b'9') => {
             let end = number_end(b, i);
             if number_ok(&b[i..end]) {

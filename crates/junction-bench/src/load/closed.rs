@@ -40,36 +40,24 @@ async fn worker(ctx: Arc<Ctx>, conn: Conn, w: Window) -> WorkerStats {
     };
     let mut conn = Some(conn);
     while Instant::now() < w.end {
-        let c = match conn.as_mut() {
-            Some(c) => c,
-            None => match Conn::connect(&ctx.target).await {
+        if conn.is_none() {
+            match Conn::connect(&ctx.target).await {
                 Ok(c) => {
                     st.connects += 1;
-                    conn.insert(c)
+                    conn = Some(c);
                 }
                 Err(_) => {
                     st.transport_errors += 1;
                     tokio::time::sleep(Duration::from_millis(10)).await;
                     continue;
                 }
-            },
-        };
+            }
+        }
         let (body, events) = ctx.pool.next();
         let t0 = Instant::now();
-        match tokio::time::timeout(ctx.timeout, c.send(&ctx.target, &ctx.path, body)).await {
-            Ok(Ok(outcome)) => {
-                let done = Instant::now();
-                let measured = t0 >= w.start && done <= w.end;
-                st.finish(outcome, events, done - t0, measured, done, w);
-            }
-            Ok(Err(_)) => {
-                st.transport_errors += 1;
-                conn = None;
-            }
-            Err(_) => {
-                st.timeouts += 1;
-                conn = None;
-            }
+        if let Some((outcome, done)) = st.send(&ctx, &mut conn, body).await {
+            let measured = t0 >= w.start && done <= w.end;
+            st.finish(outcome, events, done - t0, measured, done, w);
         }
     }
     st

@@ -128,6 +128,31 @@ fn keep_slowest(list: &mut Vec<(u64, f64)>, item: (u64, f64)) {
 }
 
 impl WorkerStats {
+    /// Sends `body` on `*conn` within the request timeout. A transport error or a timeout is
+    /// counted and drops the connection; a response comes back with its completion time.
+    /// Without a connection nothing is sent.
+    pub(crate) async fn send(
+        &mut self,
+        ctx: &Ctx,
+        conn: &mut Option<client::Conn>,
+        body: bytes::Bytes,
+    ) -> Option<(Outcome, Instant)> {
+        let c = conn.as_mut()?;
+        match tokio::time::timeout(ctx.timeout, c.send(&ctx.target, &ctx.path, body)).await {
+            Ok(Ok(outcome)) => Some((outcome, Instant::now())),
+            Ok(Err(_)) => {
+                self.transport_errors += 1;
+                *conn = None;
+                None
+            }
+            Err(_) => {
+                self.timeouts += 1;
+                *conn = None;
+                None
+            }
+        }
+    }
+
     /// Records a finished request. `measured` says whether its latency belongs to the window;
     /// `done` is when it completed (for throughput).
     pub fn finish(

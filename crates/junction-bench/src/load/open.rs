@@ -179,22 +179,8 @@ async fn worker(shared: Arc<Shared>, conn: Option<Conn>) -> WorkerStats {
                 Err(_) => st.transport_errors += 1,
             }
         }
-        if let Some(c) = conn.as_mut() {
-            match tokio::time::timeout(ctx.timeout, c.send(&ctx.target, &ctx.path, job.body)).await
-            {
-                Ok(Ok(outcome)) => {
-                    let done = Instant::now();
-                    st.finish(outcome, job.events, done - job.intended, measured, done, w);
-                }
-                Ok(Err(_)) => {
-                    st.transport_errors += 1;
-                    conn = None;
-                }
-                Err(_) => {
-                    st.timeouts += 1;
-                    conn = None;
-                }
-            }
+        if let Some((outcome, done)) = st.send(ctx, &mut conn, job.body).await {
+            st.finish(outcome, job.events, done - job.intended, measured, done, w);
         }
         shared.finished.fetch_add(1, Ordering::AcqRel);
     }
