@@ -13,6 +13,7 @@ mod stats;
 mod suite;
 mod sysinfo;
 mod timefmt;
+mod unify;
 mod vocab;
 mod zipf;
 
@@ -35,6 +36,14 @@ enum Command {
     Load(load::LoadArgs),
     /// Run the ingest benchmarks against a `junction` binary and print the BENCHMARKS.md table.
     IngestSuite(suite::SuiteArgs),
+    /// Run the Unify (identity resolution) benchmarks and print the BENCHMARKS.md table.
+    UnifySuite(unify::UnifySuiteArgs),
+    /// Time a plain union-find over a pairs file written by `unify-suite` (its baseline).
+    #[command(hide = true)]
+    UnifyBaseline(unify::BaselineArgs),
+    /// Measure how soon a merge is visible in the Profile API after the identify's 200.
+    #[command(hide = true)]
+    UnifyFreshness(unify::FreshnessArgs),
 }
 
 fn main() {
@@ -44,6 +53,9 @@ fn main() {
         Command::FsyncCeiling(a) => fsync::run(a),
         Command::Load(a) => load::run(a),
         Command::IngestSuite(a) => suite::run(a),
+        Command::UnifySuite(a) => unify::run(a),
+        Command::UnifyBaseline(a) => unify::baseline(a),
+        Command::UnifyFreshness(a) => unify::freshness(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -531,9 +531,9 @@ impl RunCtx<'_> {
 }
 
 /// The server process; killed on drop if still running.
-struct Server {
-    child: Child,
-    log: PathBuf,
+pub(crate) struct Server {
+    pub(crate) child: Child,
+    pub(crate) log: PathBuf,
 }
 
 impl Server {
@@ -566,7 +566,7 @@ impl Server {
     }
 
     /// SIGTERM, then wait up to 30 s. Returns the exit code and the shutdown time.
-    fn stop(&mut self) -> (Option<i32>, Option<f64>) {
+    pub(crate) fn stop(&mut self) -> (Option<i32>, Option<f64>) {
         let t = Instant::now();
         let sent = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
@@ -596,7 +596,7 @@ impl Drop for Server {
     }
 }
 
-fn pinned(pin: bool, cpus: &str, program: &Path) -> Command {
+pub(crate) fn pinned(pin: bool, cpus: &str, program: &Path) -> Command {
     if pin {
         let mut c = Command::new("taskset");
         c.args(["-c", cpus]).arg(program);
@@ -607,7 +607,7 @@ fn pinned(pin: bool, cpus: &str, program: &Path) -> Command {
 }
 
 /// Runs a `--json` subcommand and parses the last line of its stdout.
-fn run_json(mut cmd: Command) -> Result<Value> {
+pub(crate) fn run_json(mut cmd: Command) -> Result<Value> {
     let out = cmd.stdin(Stdio::null()).output().context("spawning")?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
@@ -626,14 +626,14 @@ fn run_json(mut cmd: Command) -> Result<Value> {
     serde_json::from_str(line).with_context(|| format!("parsing {line:?}"))
 }
 
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port())
 }
 
 /// Sum of every sample of metric `name` in Prometheus text format.
-fn prometheus_sum(text: &str, name: &str) -> Option<f64> {
+pub(crate) fn prometheus_sum(text: &str, name: &str) -> Option<f64> {
     let mut found = None;
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let Some(rest) = line.strip_prefix(name) else {
@@ -656,7 +656,7 @@ fn prometheus_sum(text: &str, name: &str) -> Option<f64> {
 
 /// Upper bound (`le`) of the bucket holding quantile `q` of Prometheus histogram `name`
 /// (all label sets summed); `None` when absent or empty.
-fn prometheus_quantile(text: &str, name: &str, q: f64) -> Option<f64> {
+pub(crate) fn prometheus_quantile(text: &str, name: &str, q: f64) -> Option<f64> {
     let prefix = format!("{name}_bucket{{");
     let mut buckets: Vec<(f64, f64)> = Vec::new();
     for line in text.lines().filter(|l| l.starts_with(&prefix)) {
@@ -693,13 +693,13 @@ fn prometheus_quantile(text: &str, name: &str, q: f64) -> Option<f64> {
         .map(|(le, _)| *le)
 }
 
-fn tail(path: &Path) -> String {
+pub(crate) fn tail(path: &Path) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
-fn shell_line(args: impl Iterator<Item = String>) -> String {
+pub(crate) fn shell_line(args: impl Iterator<Item = String>) -> String {
     args.map(|a| {
         if !a.is_empty()
             && a.chars()
@@ -800,7 +800,7 @@ fn noisy(f: &Figures, a: &SuiteArgs) -> bool {
     get(f, "other_cpu_s").is_some_and(|o| o > 0.1 * (a.seconds + a.warmup))
 }
 
-fn fmt_num(v: Option<f64>, decimals: usize) -> String {
+pub(crate) fn fmt_num(v: Option<f64>, decimals: usize) -> String {
     match v {
         None => "—".into(),
         Some(v) if decimals == 0 => group_thousands(v.round() as i64),
@@ -808,7 +808,7 @@ fn fmt_num(v: Option<f64>, decimals: usize) -> String {
     }
 }
 
-fn group_thousands(v: i64) -> String {
+pub(crate) fn group_thousands(v: i64) -> String {
     let s = v.abs().to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {

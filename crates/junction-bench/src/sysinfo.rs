@@ -87,6 +87,30 @@ pub fn cpu_seconds(pid: u32, ticks: f64) -> Option<f64> {
     Some((utime + stime) / ticks)
 }
 
+/// User + system CPU seconds of every live thread of `pid`, as `(thread id, thread name,
+/// seconds)` sorted by thread id (empty once the process is gone). An exited thread is no
+/// longer listed (its time stays in the process's [`cpu_seconds`]).
+pub fn thread_cpu_seconds(pid: u32, ticks: f64) -> Vec<(u32, String, f64)> {
+    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    let mut threads: Vec<(u32, String, f64)> = entries
+        .flatten()
+        .filter_map(|e| {
+            let tid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let name = stat[stat.find('(')? + 1..stat.rfind(')')?].to_string();
+            let rest = &stat[stat.rfind(')')? + 2..];
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let utime: f64 = fields.get(11)?.parse().ok()?;
+            let stime: f64 = fields.get(12)?.parse().ok()?;
+            Some((tid, name, (utime + stime) / ticks))
+        })
+        .collect();
+    threads.sort_by_key(|t| t.0);
+    threads
+}
+
 /// CPU seconds spent busy (user, nice, system, irq, softirq, steal) by the whole machine.
 pub fn machine_busy_seconds(ticks: f64) -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
@@ -150,6 +174,7 @@ mod tests {
     fn reads_own_process() {
         let ticks = clock_ticks();
         assert!(cpu_seconds(std::process::id(), ticks).is_some());
+        assert!(!thread_cpu_seconds(std::process::id(), ticks).is_empty());
         assert!(machine_busy_seconds(ticks).unwrap() > 0.0);
         assert!(vm_kib(std::process::id(), "VmHWM").unwrap() > 0);
         assert!(Machine::read().nproc >= 1);

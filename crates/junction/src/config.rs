@@ -40,6 +40,56 @@ pub struct FileConfig {
     pub sources: Vec<SourceConfig>,
     #[serde(default)]
     pub tokens: Vec<TokenConfig>,
+    #[serde(default)]
+    pub identity: IdentitySection,
+    #[serde(default)]
+    pub profiles: ProfilesSection,
+}
+
+/// `[identity]`: Segment's identity-resolution settings; every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentitySection {
+    /// Exact values (case-insensitive) that never become identifiers, added to the defaults.
+    #[serde(default)]
+    pub blocked_values: Vec<String>,
+    /// Regular expressions; a matching value never becomes an identifier.
+    #[serde(default)]
+    pub blocked_patterns: Vec<String>,
+    /// Hard caps per profile (defaults 100 and 1,000).
+    pub max_merges: Option<usize>,
+    pub max_identifiers: Option<usize>,
+    #[serde(default)]
+    pub identifiers: Vec<IdentifierConfig>,
+}
+
+/// `[[identity.identifiers]]`: the rule for one identifier type, or a custom identifier
+/// taken from a trait or property key.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentifierConfig {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub limit: Option<u32>,
+    /// `ever`, `weekly`, `monthly`, `annually`, `<n>d` or `<n>h`.
+    pub window: Option<String>,
+    pub priority: Option<u32>,
+    /// Take this identifier from `traits.<key>` / `context.traits.<key>`.
+    pub trait_key: Option<String>,
+    /// Take this identifier from `properties.<key>`.
+    pub property_key: Option<String>,
+}
+
+/// `[profiles]`: the Unify processor and the Profile API.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfilesSection {
+    /// How often the processor makes its state durable (write-behind), default 200 ms.
+    pub commit_interval_ms: Option<u64>,
+    /// `/ready` fails while the processor is more than this many events behind the log.
+    pub ready_max_lag_events: Option<u64>,
+    /// Profile API requests per second per token (Segment: 100).
+    pub rate_limit_per_sec: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -136,6 +186,10 @@ pub struct Config {
     pub tokens: Vec<Token>,
     /// Set when no config file was found; the generated credentials.
     pub dev_mode: bool,
+    pub identity: junction_core::identity::Rules,
+    pub commit_interval: Duration,
+    pub ready_max_lag_events: u64,
+    pub profile_rate_limit: u32,
 }
 
 /// Parses a config file's text; errors carry the key's name and line.
@@ -252,6 +306,12 @@ pub fn build(file: Option<FileConfig>, overrides: &Overrides) -> anyhow::Result<
     };
     let tokens = resolve_tokens(tokens)?;
     validate_sources(&sources)?;
+    let identity = identity_rules(&file.identity)?;
+    let profiles = &file.profiles;
+    let profile_rate_limit = profiles.rate_limit_per_sec.unwrap_or(100);
+    if profile_rate_limit == 0 {
+        bail!("[profiles] rate_limit_per_sec must be at least 1");
+    }
 
     Ok(Config {
         workspace: file.workspace.unwrap_or_else(|| "default".to_string()),
@@ -270,7 +330,41 @@ pub fn build(file: Option<FileConfig>, overrides: &Overrides) -> anyhow::Result<
         sources,
         tokens,
         dev_mode,
+        identity,
+        commit_interval: Duration::from_millis(profiles.commit_interval_ms.unwrap_or(200).max(1)),
+        ready_max_lag_events: profiles.ready_max_lag_events.unwrap_or(100_000),
+        profile_rate_limit,
     })
+}
+
+fn identity_rules(section: &IdentitySection) -> anyhow::Result<junction_core::identity::Rules> {
+    use junction_core::identity::{RulesSpec, TypeSpec};
+    let mut spec = RulesSpec {
+        blocked_values: section.blocked_values.clone(),
+        blocked_patterns: section.blocked_patterns.clone(),
+        max_merges: section.max_merges,
+        max_identifiers: section.max_identifiers,
+        ..Default::default()
+    };
+    for (i, id) in section.identifiers.iter().enumerate() {
+        if id.trait_key.is_some() && id.property_key.is_some() {
+            bail!("[identity] identifiers[{i}]: set at most one of `trait_key` and `property_key`");
+        }
+        spec.identifiers.push(TypeSpec {
+            kind: id.kind.clone(),
+            limit: id.limit,
+            window: id.window.clone(),
+            priority: id.priority,
+        });
+        if let Some(key) = &id.trait_key {
+            spec.trait_identifiers.push((key.clone(), id.kind.clone()));
+        }
+        if let Some(key) = &id.property_key {
+            spec.property_identifiers
+                .push((key.clone(), id.kind.clone()));
+        }
+    }
+    junction_core::identity::Rules::new(&spec).map_err(|e| anyhow::anyhow!("invalid config: {e}"))
 }
 
 fn validate_sources(sources: &[SourceConfig]) -> anyhow::Result<()> {

@@ -11,3 +11,4 @@ pub mod ingest;
 pub mod log;
 pub mod metrics;
 pub mod server;
+pub mod unify;

@@ -1,6 +1,7 @@
 //! `junction serve`: opens storage, builds the application state and runs the HTTP server
 //! until SIGTERM/SIGINT, then shuts down in order: stop accepting, finish in-flight requests,
-//! flush the log, snapshot the dedup index.
+//! flush the log, let the Unify processor apply what the log holds and commit, snapshot the
+//! dedup index.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::Config;
 use crate::http::{self, AppState, SharedState};
 use crate::ingest::{Ingestor, secs};
+use crate::unify::{Unify, processor};
 
 /// Prints a line on stdout for the operator; a closed stdout (e.g. a pipe whose reader went
 /// away) must not take the server down, so write errors are ignored.
@@ -38,19 +40,32 @@ pub fn open_state(
 ) -> anyhow::Result<SharedState> {
     let clock = options.clock.unwrap_or_else(|| Arc::new(SystemClock));
     let ingestor = Ingestor::open(&config, clock.clone())?;
+    let unify = Arc::new(Unify::open(
+        &config.data_dir,
+        ingestor.log().dir(),
+        config.identity.clone(),
+    )?);
+    let processor = processor::spawn(
+        Arc::clone(&unify),
+        ingestor.log().clone(),
+        config.commit_interval,
+    );
     let sources: HashMap<String, String> = config
         .sources
         .iter()
         .map(|s| (s.write_key.clone(), s.name.clone()))
         .collect();
     Ok(Arc::new(AppState {
-        config,
         sources,
         ingestor,
         discard: options.discard,
         clock,
         shutdown,
         latency: Default::default(),
+        profile_limiter: http::ratelimit::RateLimiter::new(config.profile_rate_limit),
+        unify,
+        processor,
+        config,
     }))
 }
 
@@ -94,7 +109,10 @@ pub async fn run(config: Config, options: Options) -> anyhow::Result<()> {
     signal.abort();
     sweeper.abort();
     let log = state.ingestor.log().clone();
-    tokio::task::block_in_place(|| log.shutdown());
+    tokio::task::block_in_place(|| {
+        log.shutdown();
+        state.processor.stop();
+    });
     state
         .ingestor
         .dedup()

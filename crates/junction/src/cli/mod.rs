@@ -1,6 +1,8 @@
 //! Command-line interface (SPEC §3.1): argument parsing and dispatch to each subcommand.
 
 pub mod import;
+pub mod profiles;
+pub mod rebuild;
 pub mod tail;
 
 use std::path::PathBuf;
@@ -60,6 +62,22 @@ pub enum Command {
         #[command(subcommand)]
         command: EventsCommand,
     },
+    /// Recompute all derived state (profiles, identity graph) from the event log.
+    Rebuild {
+        #[command(flatten)]
+        location: Location,
+        /// Compute and report without writing the state store.
+        #[arg(long)]
+        in_memory: bool,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Read profiles and accounts (through the running server, or the stopped data dir).
+    Profiles {
+        #[command(subcommand)]
+        command: profiles::ProfilesCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -105,5 +123,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Events {
             command: EventsCommand::Tail(args),
         } => tail::run(&args),
+        Command::Profiles { command } => profiles::run(command),
+        Command::Rebuild {
+            location,
+            in_memory,
+            json,
+        } => rebuild::run(&location.overrides(None), in_memory, json),
     }
 }

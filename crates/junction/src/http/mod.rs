@@ -7,6 +7,8 @@ pub mod body;
 pub mod cors;
 pub mod error;
 pub mod ops;
+pub mod profiles;
+pub mod ratelimit;
 pub mod serve;
 pub mod tracking;
 
@@ -35,6 +37,11 @@ pub struct AppState {
     pub clock: Arc<dyn crate::clock::Clock>,
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     pub latency: RouteLatency,
+    /// Profiles: the identity graph and its processor.
+    pub unify: Arc<crate::unify::Unify>,
+    pub processor: crate::unify::processor::Processor,
+    /// Profile API requests per token (`[profiles] rate_limit_per_sec`).
+    pub profile_limiter: ratelimit::RateLimiter,
 }
 
 /// Request latency by route family.
@@ -98,6 +105,7 @@ pub fn router(state: SharedState) -> Router {
     Router::new()
         .merge(tracking)
         .merge(api)
+        .merge(profiles::routes())
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))

@@ -31,6 +31,11 @@ pub async fn ready(State(state): State<SharedState>) -> Response {
             Some("overloaded: the event log writer is behind".to_string())
         }
         Health::Ok if *state.shutdown.borrow() => Some("shutting down".to_string()),
+        Health::Ok if state.unify.lag() > state.config.ready_max_lag_events => Some(format!(
+            "profiles are {} events behind the log (bound: {})",
+            state.unify.lag(),
+            state.config.ready_max_lag_events
+        )),
         Health::Ok => None,
     };
     match reason {
@@ -50,6 +55,7 @@ pub async fn metrics(State(state): State<SharedState>) -> Response {
     state.ingestor.render_metrics(&mut out);
     state.ingestor.log().render_metrics(&mut out);
     state.latency.render(&mut out);
+    state.unify.render_metrics(&mut out);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 

@@ -95,12 +95,22 @@
 //! At the tail it returns `None` without modifying anything and sees new data on the next
 //! call (poll to follow; in-process consumers wait on [`Log::subscribe`]).
 //!
+//! # Random access (see `fetch.rs`)
+//! [`EventFetcher::read`]`(offsets)` returns the records at a list of offsets (the Profile
+//! API's scattered events) without scanning whole segments: a sparse per-segment index
+//! (frame first offset → byte position, one entry per >= 16 KiB), built lazily by walking
+//! frames without decompressing them, extended as the newest segment grows and rebuilt when
+//! a segment was rewritten.
+//! Same guarantees as a reader: no lock, never writes, erased/unwritten/retained-away
+//! offsets are skipped.
+//!
 //! # Person deletion (not implemented yet)
 //! Offsets stay: a segment is rewritten to a temp file with the person's entries erased
 //! (json_len 0, same offsets and frame boundaries, fresh CRCs), fsynced, and renamed over
 //! the original. LZ4 frames are re-encoded; sealed segments only, the active one is rolled
 //! first.
 
+mod fetch;
 mod format;
 mod reader;
 mod segment;
@@ -119,6 +129,7 @@ use std::time::Duration;
 
 use tokio::sync::{oneshot, watch};
 
+pub use fetch::EventFetcher;
 pub use format::{Entry, FORMAT_VERSION, MAX_SOURCE_LEN, PendingFrame};
 pub use reader::{LogReader, Record};
 

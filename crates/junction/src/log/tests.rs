@@ -977,6 +977,488 @@ fn opens_v1_fixture() {
     assert_records(&read_all(dir, 0), &expected, 0);
 }
 
+// ---- random access (fetch.rs) ----
+
+/// What `EventFetcher::read(offsets)` must return: the non-erased entries at `offsets` that
+/// are at or above `first` (the oldest retained offset), in the order asked.
+fn expected_records(expected: &[Expect], first: u64, offsets: &[u64]) -> Vec<Record> {
+    offsets
+        .iter()
+        .filter_map(|&offset| {
+            let e = expected.get(usize::try_from(offset).ok()?)?;
+            let json = e.json.clone().filter(|_| offset >= first)?;
+            Some(Record {
+                offset,
+                received_at_ms: e.received_at_ms,
+                source: e.source.as_str().into(),
+                message_id: e.message_id.clone(),
+                json,
+            })
+        })
+        .collect()
+}
+
+/// `0..n` in a scattered order (a fixed permutation).
+fn scattered(n: u64) -> Vec<u64> {
+    let mut offsets: Vec<u64> = (0..n).collect();
+    offsets.sort_by_key(|&o| o.wrapping_mul(0x9E37_79B9_7F4A_7C15).rotate_left(17));
+    offsets
+}
+
+/// Appends `frames` frames of 1 to 6 entries of varied size; returns the expectations.
+fn append_varied(log: &Log, frames: u64, codec: Codec) -> Vec<Expect> {
+    let mut expected = Vec::new();
+    for seed in 0..frames {
+        let pad = 100 + (seed as usize * 37) % 500;
+        let (frame, expect) = make_frame(seed, 1 + seed % 6, pad, codec, seed as i64);
+        log.append_blocking(frame).unwrap();
+        expected.extend(expect);
+    }
+    expected
+}
+
+/// Rewrites a sealed segment the way person deletion will: entries at offsets for which
+/// `erase` holds are erased, every frame is re-encoded with `codec` (so byte positions
+/// move), offsets and frame boundaries stay. `in_place` overwrites the file itself (same
+/// inode and size) instead of renaming a new file over it.
+fn rewrite_segment(
+    path: &Path,
+    base: u64,
+    erase: impl Fn(u64) -> bool,
+    codec: Codec,
+    in_place: bool,
+) {
+    let mut cursor = segment::SegmentCursor::open(path, base).unwrap();
+    let mut bytes = SegmentHeader::new(base, 0).encode().to_vec();
+    loop {
+        let (end, next) = match cursor.peek().unwrap() {
+            segment::Step::Frame { frame, end } => {
+                let entries = frame.entries().unwrap();
+                let kept = entries
+                    .iter()
+                    .zip(frame.first_offset..)
+                    .map(|(e, offset)| Entry {
+                        message_id: &e.message_id,
+                        json: match erase(offset) {
+                            true => b"",
+                            false => e.json.as_deref().unwrap_or_default(),
+                        },
+                    });
+                let mut pending =
+                    PendingFrame::encode(frame.source, frame.received_at_ms, kept, codec);
+                bytes.extend_from_slice(pending.finalize(frame.first_offset));
+                (end, frame.end_offset())
+            }
+            segment::Step::End => break,
+            segment::Step::Bad(reason) => panic!("{reason}"),
+        };
+        cursor.advance(end, next);
+    }
+    let len = fs::metadata(path).unwrap().len() as usize;
+    assert!(bytes.len() <= len, "the rewrite fits");
+    bytes.resize(len, 0);
+    if in_place {
+        fs::write(path, &bytes).unwrap();
+    } else {
+        let new = path.with_extension("rewrite");
+        fs::write(&new, &bytes).unwrap();
+        fs::rename(&new, path).unwrap();
+    }
+}
+
+/// Writes a segment file directly (no writer, no fsync): `frames` from `base` on, zero
+/// padded to `size`. Returns the offset after the last frame.
+fn write_segment(
+    dir: &Path,
+    base: u64,
+    frames: impl IntoIterator<Item = PendingFrame>,
+    size: u64,
+) -> u64 {
+    let mut bytes = SegmentHeader::new(base, 0).encode().to_vec();
+    let mut next = base;
+    for mut frame in frames {
+        bytes.extend_from_slice(frame.finalize(next));
+        next += u64::from(frame.count());
+    }
+    assert!(bytes.len() as u64 <= size);
+    bytes.resize(size as usize, 0);
+    fs::write(segment::segment_path(dir, base), bytes).unwrap();
+    next
+}
+
+#[test]
+fn fetch_reads_scattered_offsets_across_segments_with_both_codecs() {
+    fn check<T: Send + Sync + Clone>() {}
+    check::<EventFetcher>();
+    for codec in [Codec::None, Codec::Lz4] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        // Several segments, each with several index entries (one per 16 KiB).
+        let (log, _) = open(LogConfig {
+            codec,
+            ..config(dir, 40 << 10)
+        });
+        let expected = append_varied(&log, 160, codec);
+        assert!(segment_files(dir).len() >= 3, "{:?}", segment_files(dir));
+        assert!(
+            expected.iter().any(|e| e.json.is_none()),
+            "some entries are erased"
+        );
+        let n = expected.len() as u64;
+        let fetcher = EventFetcher::new(dir);
+        assert!(fetcher.read(&[]).unwrap().is_empty());
+        // One at a time, in a scattered order: indexes are built lazily and then reused.
+        for offset in scattered(n + 3) {
+            assert_eq!(
+                fetcher.read(&[offset]).unwrap(),
+                expected_records(&expected, 0, &[offset]),
+                "offset {offset}"
+            );
+        }
+        // All at once, with duplicates and offsets past the end, in the order asked.
+        let mut asked = scattered(n);
+        asked.extend([5, 5, n + 100, 0, u64::MAX, n - 1, 5]);
+        assert_eq!(
+            fetcher.read(&asked).unwrap(),
+            expected_records(&expected, 0, &asked)
+        );
+        // A fresh fetcher asked for everything at once agrees.
+        let fresh = EventFetcher::new(dir);
+        assert_eq!(
+            fresh.read(&asked).unwrap(),
+            expected_records(&expected, 0, &asked)
+        );
+        assert_eq!(fresh.read(&asked).unwrap(), fetcher.read(&asked).unwrap());
+        drop(log);
+        assert_eq!(
+            fresh.read(&asked).unwrap(),
+            expected_records(&expected, 0, &asked),
+            "stopped log"
+        );
+    }
+}
+
+#[test]
+fn fetch_sees_the_active_segment_grow() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let fetcher = EventFetcher::new(dir);
+    let (log, _) = open(config(dir, 1 << 20));
+    assert!(fetcher.read(&[0, 1]).unwrap().is_empty(), "no frame yet");
+    let mut expected = Vec::new();
+    for round in 0..4 {
+        let (more, _) = append_frames(&log, 5, 2, round * 10);
+        expected.extend(more);
+        let asked: Vec<u64> = (0..expected.len() as u64 + 4).rev().collect();
+        assert_eq!(
+            fetcher.read(&asked).unwrap(),
+            expected_records(&expected, 0, &asked),
+            "round {round}"
+        );
+    }
+    assert_eq!(segment_files(dir).len(), 1);
+}
+
+#[test]
+fn fetch_follows_a_live_writer_that_rolls() {
+    // Offset `o` is entry `o % 2` of the frame of seed `o / 2`.
+    fn expect(offset: u64) -> Vec<Record> {
+        let (_, frame) = make_frame(offset / 2, 2, 10, Codec::Lz4, 1);
+        expected_records(&frame, 0, &[offset % 2])
+            .into_iter()
+            .map(|r| Record { offset, ..r })
+            .collect()
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let (log, _) = open(config(&dir, 2048));
+    let writer = {
+        let log = log.clone();
+        std::thread::spawn(move || {
+            for seed in 0..300u64 {
+                log.append_blocking(make_frame(seed, 2, 10, Codec::Lz4, 1).0)
+                    .unwrap();
+            }
+        })
+    };
+    let fetcher = EventFetcher::new(&dir);
+    let readers: Vec<_> = (0..2u64)
+        .map(|r| {
+            let (fetcher, log) = (fetcher.clone(), log.clone());
+            std::thread::spawn(move || {
+                let mut rounds = 0u64;
+                while log.next_offset() < 600 {
+                    let durable = log.next_offset();
+                    let asked = [
+                        durable.saturating_sub(1),
+                        durable / 2,
+                        r + rounds % 7,
+                        durable + 3,
+                    ];
+                    let got = fetcher.read(&asked).unwrap();
+                    // Durable offsets are all there; a newer one may be too, and is right.
+                    let mut want = Vec::new();
+                    for &offset in &asked {
+                        let mut record = expect(offset);
+                        if offset >= durable && got.iter().all(|g| g.offset != offset) {
+                            record.clear();
+                        }
+                        want.extend(record);
+                    }
+                    assert_eq!(got, want, "asked {asked:?} at durable end {durable}");
+                    rounds += 1;
+                }
+                rounds
+            })
+        })
+        .collect();
+    writer.join().unwrap();
+    for reader in readers {
+        assert!(reader.join().unwrap() > 0);
+    }
+    assert!(segment_files(&dir).len() > 10);
+    let all = scattered(600);
+    let want: Vec<Record> = all.iter().flat_map(|&o| expect(o)).collect();
+    assert_eq!(fetcher.read(&all).unwrap(), want);
+}
+
+#[test]
+fn fetch_skips_segments_deleted_by_retention() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let retention = Retention {
+        max_bytes: Some(8192),
+        max_age: None,
+    };
+    let (log, _) = open(LogConfig {
+        retention,
+        ..config(dir, 2048)
+    });
+    let fetcher = EventFetcher::new(dir);
+    let (mut expected, _) = append_frames(&log, 30, 1, 0);
+    let early: Vec<u64> = (0..30).collect();
+    // Indexes built while the first segment was the active one, then sealed.
+    assert_eq!(
+        fetcher.read(&early).unwrap(),
+        expected_records(&expected, 0, &early)
+    );
+    let (more, _) = append_frames(&log, 150, 1, 30);
+    expected.extend(more);
+    log.shutdown();
+    let first = segment::list_segments(dir).unwrap()[0].0;
+    assert!(
+        first > 30,
+        "the early segments were deleted: first offset {first}"
+    );
+    let all: Vec<u64> = (0..expected.len() as u64).rev().collect();
+    assert_eq!(
+        fetcher.read(&all).unwrap(),
+        expected_records(&expected, first, &all)
+    );
+    assert!(fetcher.read(&early).unwrap().is_empty());
+}
+
+#[test]
+fn fetch_rebuilds_the_index_of_a_rewritten_segment() {
+    for in_place in [false, true] {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let (log, _) = open(config(dir, 64 << 10));
+        let mut expected = append_varied(&log, 150, Codec::None);
+        drop(log);
+        let segments = segment::list_segments(dir).unwrap();
+        assert!(segments.len() >= 2);
+        let fetcher = EventFetcher::new(dir);
+        let all = scattered(expected.len() as u64);
+        assert_eq!(
+            fetcher.read(&all).unwrap(),
+            expected_records(&expected, 0, &all)
+        );
+
+        let ((base, path), end) = (&segments[0], segments[1].0);
+        let erase = |offset: u64| offset % 5 == 1 && offset < end;
+        rewrite_segment(path, *base, erase, Codec::Lz4, in_place);
+        for (offset, e) in (0u64..).zip(expected.iter_mut()) {
+            if erase(offset) {
+                e.json = None;
+            }
+        }
+        let last = end - 1;
+        assert_eq!(
+            fetcher.read(&[last]).unwrap(),
+            expected_records(&expected, 0, &[last]),
+            "in place: {in_place}"
+        );
+        assert_eq!(
+            fetcher.read(&all).unwrap(),
+            expected_records(&expected, 0, &all),
+            "in place: {in_place}"
+        );
+        assert_records(&read_all(dir, 0), &expected, 0);
+    }
+}
+
+#[test]
+fn fetch_sees_offsets_reused_after_a_failed_write() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (log, _) = open(config(dir, 1 << 20));
+    let (mut expected, _) = append_frames(&log, 5, 2, 0);
+    let fetcher = EventFetcher::new(dir);
+    log.fail_points().fail_sync(true);
+    let (failed, failed_expect) = make_frame(50, 2, 500, Codec::None, 0);
+    assert!(log.append_blocking(failed).is_err());
+    // Written but never durable: a fetcher (not bounded by the durable end) may see it.
+    let mut with_failed = expected.clone();
+    with_failed.extend(failed_expect);
+    let asked: Vec<u64> = (0..14).collect();
+    assert_eq!(
+        fetcher.read(&asked).unwrap(),
+        expected_records(&with_failed, 0, &asked)
+    );
+
+    log.fail_points().fail_sync(false);
+    wait_until("health Ok", || log.health() == Health::Ok);
+    let (more, _) = append_frames(&log, 1, 3, 60);
+    assert_eq!(
+        log.next_offset(),
+        13,
+        "the failed frame's offsets were reused"
+    );
+    expected.extend(more);
+    assert_eq!(
+        fetcher.read(&asked).unwrap(),
+        expected_records(&expected, 0, &asked)
+    );
+}
+
+#[test]
+fn fetch_reports_corruption_in_a_sealed_segment_and_stops_at_a_bad_tail() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (log, _) = open(config(dir, 1024));
+    append_frames(&log, 30, 1, 0);
+    drop(log);
+    let files = segment_files(dir);
+    patch(&files[0], SEGMENT_HEADER_LEN + 20, b"\xff");
+    match EventFetcher::new(dir).read(&[0]) {
+        Err(LogError::Corrupt {
+            segment, position, ..
+        }) => {
+            assert_eq!(segment, files[0]);
+            assert_eq!(position, SEGMENT_HEADER_LEN);
+        }
+        other => panic!("corruption not reported: {other:?}"),
+    }
+
+    // In the newest segment a bad frame is the (not yet valid) end of the data.
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (log, _) = open(config(dir, 1 << 20));
+    let (expected_tail, spans) = append_frames(&log, 10, 2, 0);
+    drop(log);
+    patch(&segment_files(dir)[0], spans[6].0 + 20, b"\xff");
+    let asked: Vec<u64> = (0..20).collect();
+    assert_eq!(
+        EventFetcher::new(dir).read(&asked).unwrap(),
+        expected_records(&expected_tail[..12], 0, &asked)
+    );
+}
+
+#[test]
+fn fetch_index_stays_sparse() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // 20k single-event frames (~180 bytes each) in a 4 MiB segment, then an empty newer one.
+    let size = 4 << 20;
+    let frames = (0..20_000u64).map(|seed| make_frame(seed, 1, 60, Codec::None, 0).0);
+    let end = write_segment(dir, 0, frames, size);
+    write_segment(dir, end, [], 1024);
+    let fetcher = EventFetcher::new(dir);
+    let got = fetcher.read(&[end - 1, 0, end / 2]).unwrap();
+    assert_eq!(
+        got.iter().map(|r| r.offset).collect::<Vec<_>>(),
+        [end - 1, 0, end / 2]
+    );
+    let entries = size / fetch::CHECKPOINT_BYTES + 1;
+    let bytes = fetcher.index_bytes() as u64;
+    assert!(
+        bytes <= entries * 16,
+        "{bytes} bytes of index for a 4 MiB segment"
+    );
+    assert!(bytes >= 16 * 100, "{bytes}: one entry per 16 KiB");
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 16, failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// `read(offsets)` returns exactly what a full scan holds at those offsets, asked in
+    /// parts (indexes built, reused and extended) or at once.
+    #[test]
+    fn fetch_matches_a_full_scan(
+        frames in prop::collection::vec((1u64..6, 0usize..900, any::<bool>()), 1..40),
+        segment_kib in 1u64..24,
+        asks in prop::collection::vec(any::<prop::sample::Index>(), 0..80),
+        split in 0usize..80,
+    ) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let (log, _) = open(config(dir, segment_kib << 10));
+        for (seed, &(n, pad, lz4)) in (0u64..).zip(&frames) {
+            let codec = if lz4 { Codec::Lz4 } else { Codec::None };
+            log.append_blocking(make_frame(seed, n, pad, codec, seed as i64).0).unwrap();
+        }
+        let scan: std::collections::BTreeMap<u64, Record> =
+            read_all(dir, 0).into_iter().map(|r| (r.offset, r)).collect();
+        let total = log.next_offset() as usize;
+        let offsets: Vec<u64> = asks.iter().map(|i| i.index(total + 5) as u64).collect();
+        let fetcher = EventFetcher::new(dir);
+        let (a, b) = offsets.split_at(split.min(offsets.len()));
+        for part in [a, b, &offsets[..]] {
+            let want: Vec<Record> = part.iter().filter_map(|o| scan.get(o).cloned()).collect();
+            prop_assert_eq!(fetcher.read(part).unwrap(), want);
+        }
+    }
+}
+
+/// `cargo test --release -p junction --lib log::tests::measure_fetch -- --ignored --nocapture`
+#[test]
+#[ignore = "measurement; run once in release"]
+fn measure_fetch_from_full_segments() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // Two full 64 MiB segments of 100k single-event frames each (~670 bytes per frame).
+    let size = 64 << 20;
+    let mut base = 0;
+    for _ in 0..2 {
+        let frames = (base..base + 100_000).map(|seed| make_frame(seed, 1, 560, Codec::None, 0).0);
+        base = write_segment(dir, base, frames, size);
+    }
+    let asked: Vec<u64> = scattered(base).into_iter().take(1000).collect();
+    let fetcher = EventFetcher::new(dir);
+    for round in ["cold index", "warm index"] {
+        let started = Instant::now();
+        let got = fetcher.read(&asked).unwrap();
+        println!(
+            "{round}: {} records at 1000 scattered offsets in {:?}",
+            got.len(),
+            started.elapsed()
+        );
+    }
+    let started = Instant::now();
+    for &offset in &asked[..100] {
+        fetcher.read(&[offset]).unwrap();
+    }
+    println!(
+        "100 single-offset reads: {:?} each",
+        started.elapsed() / 100
+    );
+    println!(
+        "index: {} bytes for 2 segments of 64 MiB",
+        fetcher.index_bytes()
+    );
+}
+
 // ---- measurement ----
 
 /// `cargo test --release -p junction --lib log::tests::measure -- --ignored --nocapture`

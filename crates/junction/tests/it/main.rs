@@ -10,4 +10,7 @@ mod corpus;
 mod crash;
 mod hardening;
 mod ingest;
+mod profiles;
 mod sdk;
+mod sdk_profiles;
+mod unify;

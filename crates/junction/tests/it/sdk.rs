@@ -468,14 +468,14 @@ fn check_stored(sdk: &Sdk, fx: &Value, report: &Value, stored: &[Value], other: 
     p.finish(&format!("{} → junction", sdk.tag));
 }
 
-fn node_cmd(script: &str) -> Command {
+pub(crate) fn node_cmd(script: &str) -> Command {
     let mut c = Command::new("node");
     c.arg(script);
     c
 }
 
 /// `<venv>/lib/pythonX.Y/site-packages` (whichever Python made the venv).
-fn site_packages(venv: &Path) -> PathBuf {
+pub(crate) fn site_packages(venv: &Path) -> PathBuf {
     std::fs::read_dir(venv.join("lib"))
         .into_iter()
         .flatten()
@@ -485,7 +485,7 @@ fn site_packages(venv: &Path) -> PathBuf {
         .unwrap_or_else(|| venv.join("lib/python3/site-packages"))
 }
 
-fn python_cmd(which: &str) -> Command {
+pub(crate) fn python_cmd(which: &str) -> Command {
     let mut c = Command::new(sdk_dir().join(".venv/bin/python"));
     c.args(["python_sdk.py", which])
         .env("PYTHONUNBUFFERED", "1")

@@ -102,6 +102,7 @@ impl TestApp {
     /// Stops storage and hands back the data dir (to reopen it).
     pub fn close(self) -> tempfile::TempDir {
         self.state.ingestor.log().shutdown();
+        self.state.processor.stop();
         self.state
             .ingestor
             .dedup()
@@ -257,8 +258,19 @@ impl Server {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("junction serve exited early: {status}");
             }
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
+            // Answering /health, not just a connect: the listener is bound before storage
+            // is open, so a connection alone may wait in the backlog.
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) {
+                use std::io::{Read, Write};
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut buf = [0u8; 12];
+                if s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    .is_ok()
+                    && s.read_exact(&mut buf).is_ok()
+                    && &buf == b"HTTP/1.1 200"
+                {
+                    return;
+                }
             }
             std::thread::sleep(Duration::from_millis(20));
         }

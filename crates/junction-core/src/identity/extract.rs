@@ -1,0 +1,367 @@
+//! What identity resolution reads from one stored event: its identifiers, user traits,
+//! group (account) and time.
+//!
+//! Contract: [`observe`] parses a stored (normalized) event once, without building a DOM for
+//! `properties`/`context`, and returns every candidate identifier with its type, whether
+//! blocked or not (the graph filters blocked values so it can count them). Where each type
+//! comes from follows Segment (`reference/segment-compat.md` §6): `userId`, `anonymousId`,
+//! `traits.email`/`context.traits.email` (also `phone`), `context.device` ids by device
+//! type, `context.externalIds` of the `users` collection, the Google Analytics client id,
+//! configured trait/property keys, and `previousId` of an `alias`.
+
+use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::rules::{Rules, kinds};
+use crate::timestamp;
+
+/// An identifier candidate: `(type, value)`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct IdKey {
+    pub kind: Arc<str>,
+    pub value: Box<str>,
+}
+
+impl IdKey {
+    pub fn new(kind: &str, value: &str) -> IdKey {
+        IdKey {
+            kind: kind.into(),
+            value: value.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for IdKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.kind, self.value)
+    }
+}
+
+/// What the identity graph needs from one event.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Observed {
+    /// `identify`, `track`, ...
+    pub kind: String,
+    pub timestamp_ms: i64,
+    pub identifiers: Vec<IdKey>,
+    /// `alias.previousId`: its type is decided by the graph (an existing `user_id`, else
+    /// `anonymous_id`).
+    pub previous_id: Option<String>,
+    /// User traits as `(key, JSON text)`: `context.traits` first, then `traits` of an
+    /// identify, so a key in both takes the identify's value.
+    pub traits: Vec<(String, String)>,
+    /// `group`: the account's `groupId` and its traits.
+    pub group: Option<(String, Vec<(String, String)>)>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("stored event is not valid: {0}")]
+pub struct ObserveError(pub String);
+
+/// A JSON string or number used as an id (numbers are kept as their JSON text).
+#[derive(Debug)]
+struct IdValue(String);
+
+impl<'de> Deserialize<'de> for IdValue {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = IdValue;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an id")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<IdValue, E> {
+                Ok(IdValue(v.to_owned()))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<IdValue, E> {
+                Ok(IdValue(v.to_string()))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<IdValue, E> {
+                Ok(IdValue(v.to_string()))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<IdValue, E> {
+                Ok(IdValue(
+                    serde_json::Number::from_f64(v).map_or_else(String::new, |n| n.to_string()),
+                ))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<IdValue, E> {
+                Ok(IdValue(String::new()))
+            }
+            fn visit_unit<E>(self) -> Result<IdValue, E> {
+                Ok(IdValue(String::new()))
+            }
+            fn visit_none<E>(self) -> Result<IdValue, E> {
+                Ok(IdValue(String::new()))
+            }
+            fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<IdValue, D::Error> {
+                d.deserialize_any(V)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<IdValue, A::Error> {
+                while m
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(IdValue(String::new()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut s: A,
+            ) -> Result<IdValue, A::Error> {
+                while s.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(IdValue(String::new()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+type Members<'a> = BTreeMap<Cow<'a, str>, &'a RawValue>;
+
+#[derive(Deserialize)]
+struct Event<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(rename = "userId")]
+    user_id: Option<IdValue>,
+    #[serde(rename = "anonymousId")]
+    anonymous_id: Option<IdValue>,
+    #[serde(rename = "previousId")]
+    previous_id: Option<IdValue>,
+    #[serde(rename = "groupId")]
+    group_id: Option<IdValue>,
+    #[serde(borrow)]
+    timestamp: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    traits: Option<&'a RawValue>,
+    #[serde(borrow)]
+    properties: Option<&'a RawValue>,
+    #[serde(borrow)]
+    context: Option<Context<'a>>,
+    #[serde(borrow)]
+    integrations: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize, Default)]
+struct Context<'a> {
+    #[serde(borrow)]
+    traits: Option<&'a RawValue>,
+    #[serde(borrow)]
+    device: Option<Device<'a>>,
+    #[serde(rename = "externalIds")]
+    external_ids: Option<Vec<ExternalId>>,
+}
+
+#[derive(Deserialize)]
+struct Device<'a> {
+    id: Option<IdValue>,
+    #[serde(rename = "type", borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(rename = "advertisingId")]
+    advertising_id: Option<IdValue>,
+    #[serde(rename = "adTrackingEnabled")]
+    ad_tracking_enabled: Option<bool>,
+    token: Option<IdValue>,
+}
+
+#[derive(Deserialize)]
+struct ExternalId {
+    id: Option<IdValue>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    collection: Option<String>,
+    encoding: Option<String>,
+}
+
+fn members(raw: Option<&RawValue>) -> Members<'_> {
+    raw.and_then(|r| serde_json::from_str(r.get()).ok())
+        .unwrap_or_default()
+}
+
+/// The string (or number) at `key` of an object's members.
+fn str_member(m: &Members<'_>, key: &str) -> Option<String> {
+    let raw = m.get(key)?;
+    serde_json::from_str::<IdValue>(raw.get())
+        .ok()
+        .map(|v| v.0)
+        .filter(|v| !v.is_empty())
+}
+
+/// Reads identity-relevant fields of one stored event.
+pub fn observe(json: &[u8], rules: &Rules) -> Result<Observed, ObserveError> {
+    let ev: Event<'_> = serde_json::from_slice(json).map_err(|e| ObserveError(e.to_string()))?;
+    let timestamp_ms = ev
+        .timestamp
+        .as_deref()
+        .and_then(timestamp::parse)
+        .ok_or_else(|| ObserveError("timestamp is missing or not ISO 8601".into()))?;
+    let mut out = Observed {
+        kind: ev.kind.into_owned(),
+        timestamp_ms,
+        ..Observed::default()
+    };
+    let mut push = |kind: &str, value: Option<String>| {
+        if let Some(v) = value.filter(|v| !v.is_empty()) {
+            out.identifiers.push(IdKey::new(kind, &v));
+        }
+    };
+    push(kinds::USER_ID, ev.user_id.map(|v| v.0));
+    push(kinds::ANONYMOUS_ID, ev.anonymous_id.map(|v| v.0));
+
+    let context = ev.context.unwrap_or_default();
+    let context_traits = members(context.traits);
+    // A group's `traits` describe the account, not the user.
+    let is_group = out.kind == "group";
+    let user_traits = if is_group {
+        Members::new()
+    } else {
+        members(ev.traits)
+    };
+    for key in [kinds::EMAIL, kinds::PHONE] {
+        push(
+            key,
+            str_member(&user_traits, key).or_else(|| str_member(&context_traits, key)),
+        );
+    }
+    for (key, kind) in &rules.trait_identifiers {
+        push(
+            kind,
+            str_member(&user_traits, key).or_else(|| str_member(&context_traits, key)),
+        );
+    }
+    if !rules.property_identifiers.is_empty() {
+        let props = members(ev.properties);
+        for (key, kind) in &rules.property_identifiers {
+            push(kind, str_member(&props, key));
+        }
+    }
+    if let Some(device) = context.device {
+        let platform = device
+            .kind
+            .as_deref()
+            .map(|t| t.trim().to_ascii_lowercase())
+            .filter(|t| !t.is_empty() && t.len() <= 40)
+            .unwrap_or_else(|| "device".into());
+        push(&format!("{platform}.id"), device.id.map(|v| v.0));
+        if device.ad_tracking_enabled == Some(true) {
+            push(
+                &format!("{platform}.idfa"),
+                device.advertising_id.map(|v| v.0),
+            );
+        }
+        push(&format!("{platform}.push_token"), device.token.map(|v| v.0));
+    }
+    for ext in context.external_ids.unwrap_or_default() {
+        // Segment requires all four fields; only the users collection identifies a person.
+        if let (Some(id), Some(kind), Some(collection), Some(_)) =
+            (ext.id, ext.kind, ext.collection, ext.encoding)
+            && collection == "users"
+        {
+            let kind = kind.trim().to_ascii_lowercase();
+            if !kind.is_empty() && kind.len() <= 100 {
+                push(&kind, Some(id.0));
+            }
+        }
+    }
+    let integrations = members(ev.integrations);
+    if let Some(ga) = integrations.get("Google Analytics") {
+        push(
+            kinds::GA_CLIENT_ID,
+            str_member(&members(Some(ga)), "clientId"),
+        );
+    }
+    if out.kind == "alias" {
+        out.previous_id = ev.previous_id.map(|v| v.0).filter(|v| !v.is_empty());
+    }
+
+    let mut traits: Vec<(String, String)> = Vec::new();
+    for (k, v) in context_traits.iter().chain(user_traits.iter()) {
+        traits.push((k.to_string(), v.get().to_string()));
+    }
+    out.traits = traits;
+    if is_group && let Some(group_id) = ev.group_id.map(|v| v.0).filter(|v| !v.is_empty()) {
+        let group_traits = members(ev.traits)
+            .into_iter()
+            .map(|(k, v)| (k.into_owned(), v.get().to_string()))
+            .collect();
+        out.group = Some((group_id, group_traits));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(o: &Observed) -> Vec<String> {
+        o.identifiers.iter().map(|k| k.to_string()).collect()
+    }
+
+    #[test]
+    fn reads_every_identifier_source() {
+        let rules = Rules::new(&super::super::rules::RulesSpec {
+            trait_identifiers: vec![("account_number".into(), "account_number".into())],
+            property_identifiers: vec![("order_ref".into(), "order_ref".into())],
+            ..Default::default()
+        })
+        .unwrap();
+        let json = br#"{"type":"track","event":"X","userId":"u1","anonymousId":"a1",
+            "timestamp":"2024-05-01T00:00:00.000Z","properties":{"order_ref":"o-9"},
+            "context":{"traits":{"email":"e@x.io","phone":"+15550001","account_number":42},
+              "device":{"id":"dev1","type":"ios","advertisingId":"idfa1","adTrackingEnabled":true,"token":"pt1"},
+              "externalIds":[{"id":"ext1","type":"Shopify_Id","collection":"users","encoding":"none"},
+                             {"id":"acc1","type":"crm","collection":"accounts","encoding":"none"},
+                             {"id":"bad","type":"x"}]},
+            "integrations":{"Google Analytics":{"clientId":"ga.1"}}}"#;
+        let o = observe(json, &rules).unwrap();
+        assert_eq!(
+            ids(&o),
+            [
+                "user_id:u1",
+                "anonymous_id:a1",
+                "email:e@x.io",
+                "phone:+15550001",
+                "account_number:42",
+                "order_ref:o-9",
+                "ios.id:dev1",
+                "ios.idfa:idfa1",
+                "ios.push_token:pt1",
+                "shopify_id:ext1",
+                "ga_client_id:ga.1"
+            ]
+        );
+        assert_eq!(o.timestamp_ms, 1714521600000);
+        assert!(o.traits.contains(&("email".into(), "\"e@x.io\"".into())));
+    }
+
+    #[test]
+    fn identify_traits_win_over_context_traits_and_group_traits_go_to_the_account() {
+        let rules = Rules::default();
+        let json = br#"{"type":"identify","userId":"u1","timestamp":"2024-05-01T00:00:00.000Z",
+            "traits":{"plan":"pro","email":"new@x.io"},"context":{"traits":{"plan":"free","email":"old@x.io"}}}"#;
+        let o = observe(json, &rules).unwrap();
+        assert!(ids(&o).contains(&"email:new@x.io".to_string()));
+        let plans: Vec<_> = o.traits.iter().filter(|(k, _)| k == "plan").collect();
+        assert_eq!(plans.last().unwrap().1, "\"pro\"");
+        let json = br#"{"type":"group","userId":"u1","groupId":"g1","timestamp":"2024-05-01T00:00:00.000Z",
+            "traits":{"name":"Acme","email":"billing@acme.io"}}"#;
+        let o = observe(json, &rules).unwrap();
+        assert_eq!(ids(&o), ["user_id:u1"]);
+        assert!(o.traits.is_empty());
+        let (g, t) = o.group.unwrap();
+        assert_eq!(g, "g1");
+        assert_eq!(t.len(), 2);
+        let json = br#"{"type":"alias","userId":"u2","previousId":"a9","timestamp":"2024-05-01T00:00:00.000Z"}"#;
+        assert_eq!(
+            observe(json, &rules).unwrap().previous_id.as_deref(),
+            Some("a9")
+        );
+        assert!(observe(b"{}", &rules).is_err());
+    }
+}

@@ -1,0 +1,20 @@
+//! Identity resolution and profiles (Segment Unify), as pure logic.
+//!
+//! - [`rules`]: identifier types, limits, windows, priorities, blocked values, caps.
+//! - [`extract`]: what one stored event contributes ([`observe`]).
+//! - [`graph`]: the identity graph and profiles ([`Graph::apply`]).
+//! - [`profile`]: the data of a profile and an account.
+
+pub mod extract;
+pub mod graph;
+pub mod profile;
+pub mod rules;
+#[cfg(test)]
+mod tests;
+
+pub use extract::{IdKey, Observed, observe};
+pub use graph::{Applied, Changes, Counters, Graph};
+pub use profile::{
+    Account, EventMeta, EventRef, ExternalId, MergeRecord, Profile, ProfileId, TraitValue,
+};
+pub use rules::{Rules, RulesSpec, TypeSpec};

@@ -1,0 +1,341 @@
+//! The Unify processor: one ordered pass over the event log into the identity graph.
+//!
+//! Contract:
+//! - Records are decoded and parsed ([`observe`]) outside the graph lock, then applied in
+//!   log order under the write lock in small slices (≤ [`SLICE`] events), so Profile API
+//!   readers wait at most one slice.
+//! - Changed records and the checkpoint are committed together ([`Store::commit`]) every
+//!   `commit_interval` while running, at the end of [`catch_up`], and on shutdown. A
+//!   failed commit is retried on the next interval; nothing is marked committed until a
+//!   commit succeeds.
+//! - A stored event that cannot be parsed is counted (`junction_unify_bad_events_total`)
+//!   and skipped: it cannot block the log.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use junction_core::identity::{EventMeta, Graph, Observed, observe};
+use tokio::sync::watch;
+
+use super::Unify;
+use super::store::Committed;
+use crate::log::{Log, LogReader, Record};
+
+/// One decoded record: its position and what identity resolution reads from it (`None`:
+/// the stored event could not be parsed).
+type Parsed = (EventMeta, Option<Observed>);
+
+/// Events applied per write-lock hold.
+pub const SLICE: usize = 512;
+
+/// Decodes and parses up to `max` records (no lock held).
+/// Also returns a read error that stopped it early: the records read before it still count.
+fn read_slice(
+    unify: &Unify,
+    reader: &mut LogReader,
+    max: usize,
+) -> (Vec<Parsed>, Option<crate::log::LogError>) {
+    let rules = unify.graph().rules().clone();
+    let mut out = Vec::with_capacity(max);
+    while out.len() < max {
+        match reader.next_record() {
+            Ok(Some(record)) => out.push(parse_with(record, &rules, &unify.bad_events)),
+            Ok(None) => break,
+            Err(e) => return (out, Some(e)),
+        }
+    }
+    (out, None)
+}
+
+/// Applies parsed events in order; returns the next offset to apply.
+fn apply(unify: &Unify, slice: &[Parsed], next: u64) -> u64 {
+    let mut graph = unify.graph_mut();
+    let mut next = next;
+    for (meta, observed) in slice {
+        if let Some(o) = observed {
+            graph.apply(meta, o);
+        }
+        next = meta.offset + 1;
+    }
+    unify.applied.store(next, Ordering::Release);
+    next
+}
+
+/// Commits whatever changed, with `checkpoint` = the next offset to apply.
+pub fn commit(unify: &Unify) -> anyhow::Result<Committed> {
+    let started = Instant::now();
+    let (changes, checkpoint) = {
+        let mut graph = unify.graph_mut();
+        (graph.take_changes(), unify.applied())
+    };
+    if checkpoint == unify.committed()
+        && changes.profiles.is_empty()
+        && changes.accounts.is_empty()
+        && changes.removed_profiles.is_empty()
+    {
+        return Ok(Committed::default());
+    }
+    let result = {
+        let graph = unify.graph();
+        unify.store.commit(&graph, &changes, checkpoint)
+    };
+    match result {
+        Ok(c) => {
+            unify.committed.store(checkpoint, Ordering::Release);
+            unify.commit_seconds.observe(started.elapsed());
+            Ok(c)
+        }
+        Err(e) => {
+            // Keep the changes pending for the next attempt.
+            unify.graph_mut().restore_changes(changes);
+            Err(e)
+        }
+    }
+}
+
+/// Applies the whole log (as far as it is written) and commits. Returns events applied.
+/// `progress(next offset, events applied so far)` is called after every slice.
+pub fn catch_up(unify: &Unify, progress: &mut dyn FnMut(u64, u64)) -> anyhow::Result<u64> {
+    let rules = unify.graph().rules().clone();
+    let pipeline = Pipeline::start(
+        &unify.log_dir,
+        unify.applied(),
+        rules,
+        Arc::clone(&unify.bad_events),
+    )?;
+    let mut next = unify.applied();
+    let mut count = 0u64;
+    for slice in pipeline.slices.iter() {
+        let slice = slice?;
+        count += slice.len() as u64;
+        next = apply(unify, &slice, next);
+        unify.log_end.fetch_max(next, Ordering::AcqRel);
+        progress(next, count);
+    }
+    pipeline.join()?;
+    commit(unify)?;
+    Ok(count)
+}
+
+/// Replays the whole log into a fresh in-memory graph (no store): `rebuild` and the
+/// benchmark. Returns the graph and the next offset.
+pub fn replay(
+    log_dir: &Path,
+    rules: junction_core::identity::Rules,
+    progress: &mut dyn FnMut(u64, u64),
+) -> anyhow::Result<(Graph, u64)> {
+    let mut graph = Graph::new(rules.clone());
+    let pipeline = Pipeline::start(log_dir, 0, rules, Arc::default())?;
+    let (mut next, mut count) = (0u64, 0u64);
+    for slice in pipeline.slices.iter() {
+        let slice = slice?;
+        count += slice.len() as u64;
+        for (meta, observed) in &slice {
+            if let Some(o) = observed {
+                graph.apply(meta, o);
+            }
+            next = meta.offset + 1;
+        }
+        progress(next, count);
+    }
+    pipeline.join()?;
+    Ok((graph, next))
+}
+
+/// A reader thread that decodes and parses slices ahead of the applier (replay uses both
+/// cores: one parses, one applies).
+struct Pipeline {
+    slices: std::sync::mpsc::Receiver<anyhow::Result<Vec<Parsed>>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Pipeline {
+    fn start(
+        log_dir: &Path,
+        from: u64,
+        rules: junction_core::identity::Rules,
+        bad: Arc<std::sync::atomic::AtomicU64>,
+    ) -> anyhow::Result<Pipeline> {
+        let mut reader = LogReader::open(log_dir, from)?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(16);
+        let thread = std::thread::Builder::new()
+            .name("unify-reader".into())
+            .spawn(move || {
+                loop {
+                    let mut slice = Vec::with_capacity(4096);
+                    let result = (|| {
+                        while slice.len() < 4096 {
+                            let Some(record) = reader.next_record()? else {
+                                break;
+                            };
+                            slice.push(parse_with(record, &rules, &bad));
+                        }
+                        anyhow::Ok(())
+                    })();
+                    let done = slice.len() < 4096;
+                    let send = match result {
+                        Ok(()) if slice.is_empty() => break,
+                        Ok(()) => tx.send(Ok(slice)),
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            break;
+                        }
+                    };
+                    if send.is_err() || done {
+                        break;
+                    }
+                }
+            })
+            .expect("spawning the unify reader thread");
+        Ok(Pipeline { slices: rx, thread })
+    }
+
+    fn join(self) -> anyhow::Result<()> {
+        drop(self.slices);
+        self.thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the unify reader thread panicked"))
+    }
+}
+
+fn parse_with(
+    record: Record,
+    rules: &junction_core::identity::Rules,
+    bad: &std::sync::atomic::AtomicU64,
+) -> Parsed {
+    let observed = match observe(&record.json, rules) {
+        Ok(o) => Some(o),
+        Err(e) => {
+            bad.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(offset = record.offset, error = %e, "skipping a stored event");
+            None
+        }
+    };
+    (
+        EventMeta {
+            offset: record.offset,
+            received_at_ms: record.received_at_ms,
+            source: record.source,
+            message_id: record.message_id,
+        },
+        observed,
+    )
+}
+
+/// The running processor thread; [`Processor::stop`] (or dropping it) ends it once it has
+/// applied everything durable in the log, with a final commit. Stop the log's writers first
+/// (`Log::shutdown`) for the state to cover every acknowledged event.
+pub struct Processor {
+    stop: watch::Sender<bool>,
+    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Processor {
+    /// Applies what the log holds, commits, and waits for the thread to end.
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(t) = thread {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Processor {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Runs the processor on its own thread until stopped.
+pub fn spawn(unify: Arc<Unify>, log: Log, commit_interval: Duration) -> Processor {
+    let (stop, mut stopped) = watch::channel(false);
+    let thread = std::thread::Builder::new()
+        .name("unify".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .expect("a timer runtime for the unify thread");
+            let mut appended = log.subscribe();
+            let mut reader = match LogReader::open(log.dir(), unify.applied()) {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::error!(error = %e, "the unify processor cannot read the log");
+                    return;
+                }
+            };
+            let mut next = unify.applied();
+            let mut last_commit = Instant::now();
+            loop {
+                let end = log.next_offset();
+                unify.log_end.fetch_max(end, Ordering::AcqRel);
+                reader.set_end_offset(Some(end));
+                if unify.paused.load(Ordering::Acquire) && !*stopped.borrow() {
+                    std::thread::sleep(Duration::from_millis(1));
+                    continue;
+                }
+                let (slice, error) = read_slice(&unify, &mut reader, SLICE);
+                if !slice.is_empty() {
+                    next = apply(&unify, &slice, next);
+                }
+                if let Some(e) = error {
+                    tracing::error!(error = %e, "the unify processor cannot read the log; retrying");
+                    unify.read_errors.fetch_add(1, Ordering::Relaxed);
+                    if *stopped.borrow() || stopped.has_changed().is_err() {
+                        break;
+                    }
+                    runtime.block_on(async {
+                        let _ = tokio::time::timeout(Duration::from_secs(1), stopped.changed()).await;
+                    });
+                    // Start over from the last applied event.
+                    match LogReader::open(log.dir(), next) {
+                        Ok(r) => reader = r,
+                        Err(e) => tracing::error!(error = %e, "the unify processor cannot reopen the log"),
+                    }
+                    continue;
+                }
+                let stopping = *stopped.borrow() || stopped.has_changed().is_err();
+                // Caught up with what is durable now (appends may have landed meanwhile).
+                let caught_up = slice.len() < SLICE && unify.applied() >= log.next_offset();
+                if last_commit.elapsed() >= commit_interval || (stopping && caught_up) {
+                    if let Err(e) = commit(&unify) {
+                        tracing::error!(error = %format!("{e:#}"), "the unify state could not be committed; retrying");
+                        unify.commit_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    last_commit = Instant::now();
+                }
+                if stopping && caught_up {
+                    break;
+                }
+                if caught_up {
+                    let wait = commit_interval.saturating_sub(last_commit.elapsed());
+                    runtime.block_on(async {
+                        tokio::select! {
+                            _ = appended.changed() => {}
+                            _ = stopped.changed() => {}
+                            _ = tokio::time::sleep(wait.max(Duration::from_millis(1))) => {}
+                        }
+                    });
+                }
+            }
+        })
+        .expect("spawning the unify thread");
+    Processor {
+        stop,
+        thread: std::sync::Mutex::new(Some(thread)),
+    }
+}
+
+/// Opens the state and applies the rest of the log (offline reads of a stopped data dir).
+pub fn open_and_catch_up(
+    data_dir: &Path,
+    rules: junction_core::identity::Rules,
+    progress: &mut dyn FnMut(u64, u64),
+) -> anyhow::Result<Unify> {
+    let unify = Unify::open(data_dir, &data_dir.join("log"), rules)?;
+    catch_up(&unify, progress)?;
+    Ok(unify)
+}
