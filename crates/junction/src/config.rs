@@ -489,6 +489,42 @@ mod tests {
     }
 
     #[test]
+    fn identity_section_is_validated_and_defaults_work() {
+        let build_text = |extra: &str| {
+            let text = format!("version = 1\n[server]\ndata_dir = \"/tmp/x\"\n{extra}");
+            parse_file(&text, Path::new("j.toml"))
+                .and_then(|f| build(Some(f), &Overrides::default()))
+        };
+        let config = build_text("").unwrap();
+        assert_eq!(config.identity.rule("user_id").limit, 1);
+        assert_eq!(config.profile_rate_limit, 100);
+        let config = build_text(
+            "[identity]\nblocked_values = [\"x@y.z\"]\n[[identity.identifiers]]\ntype = \"account_number\"\ntrait_key = \"acct\"\nlimit = 2\nwindow = \"30d\"\n[profiles]\nrate_limit_per_sec = 7\n",
+        )
+        .unwrap();
+        assert!(config.identity.is_blocked("X@Y.Z"));
+        assert_eq!(config.identity.rule("account_number").limit, 2);
+        assert_eq!(config.identity.trait_identifiers[0].0, "acct");
+        assert_eq!(config.profile_rate_limit, 7);
+        let err = format!(
+            "{:#}",
+            build_text("[[identity.identifiers]]\ntype = \"phone\"\nwindow = \"fortnightly\"\n")
+                .unwrap_err()
+        );
+        assert!(err.contains("identity.identifiers[0].window"), "{err}");
+        let err = format!(
+            "{:#}",
+            build_text("[identity]\nblocked_patterns = [\"(\"]\n").unwrap_err()
+        );
+        assert!(err.contains("identity.blocked_patterns[0]"), "{err}");
+        let err = format!(
+            "{:#}",
+            build_text("[identity]\nmax_merge = 3\n").unwrap_err()
+        );
+        assert!(err.contains("max_merge") && err.contains("line 5"), "{err}");
+    }
+
+    #[test]
     fn version_is_required_and_checked() {
         let err = format!(
             "{:#}",

@@ -208,7 +208,10 @@ pub fn observe(json: &[u8], rules: &Rules) -> Result<Observed, ObserveError> {
     };
     let mut push = |kind: &str, value: Option<String>| {
         if let Some(v) = value.filter(|v| !v.is_empty()) {
-            out.identifiers.push(IdKey::new(kind, &v));
+            out.identifiers.push(IdKey {
+                kind: rules.kind(kind),
+                value: v.into_boxed_str(),
+            });
         }
     };
     push(kinds::USER_ID, ev.user_id.map(|v| v.0));

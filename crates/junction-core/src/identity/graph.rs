@@ -17,13 +17,15 @@
 //!   the log gives equal state (profile ids included). Changes since the last
 //!   [`Graph::take_changes`] are tracked for write-behind persistence.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::BTreeSet;
+
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::sync::Arc;
 
 use super::extract::{IdKey, Observed};
 use super::profile::{
     Account, EventMeta, EventRef, ExternalId, MergeRecord, Metadata, Profile, ProfileId,
-    TraitValue, merge_events, merge_traits, set_trait,
+    TraitValue, merge_events, merge_traits, set_trait, set_trait_with,
 };
 use super::rules::{Rules, kinds};
 
@@ -50,6 +52,11 @@ pub struct Changes {
     pub profiles: Vec<ProfileId>,
     pub removed_profiles: Vec<ProfileId>,
     pub accounts: Vec<Box<str>>,
+    /// Timeline entries to add, in application order (a profile's events are persisted
+    /// apart from its record, so a commit writes only what is new).
+    pub events_added: Vec<(ProfileId, EventRef)>,
+    /// Timeline entries to remove (moved to another profile by a merge).
+    pub events_removed: Vec<(ProfileId, u64)>,
 }
 
 #[derive(Clone, Debug)]
@@ -62,6 +69,8 @@ pub struct Graph {
     dirty: HashSet<ProfileId>,
     removed: HashSet<ProfileId>,
     dirty_accounts: HashSet<Box<str>>,
+    events_added: Vec<(ProfileId, EventRef)>,
+    events_removed: Vec<(ProfileId, u64)>,
     counters: Counters,
 }
 
@@ -79,13 +88,15 @@ impl Graph {
     pub fn new(rules: Rules) -> Graph {
         Graph {
             rules,
-            owners: HashMap::new(),
-            profiles: HashMap::new(),
-            accounts: HashMap::new(),
+            owners: HashMap::default(),
+            profiles: HashMap::default(),
+            accounts: HashMap::default(),
             next_id: 1,
-            dirty: HashSet::new(),
-            removed: HashSet::new(),
-            dirty_accounts: HashSet::new(),
+            dirty: HashSet::default(),
+            removed: HashSet::default(),
+            dirty_accounts: HashSet::default(),
+            events_added: Vec::new(),
+            events_removed: Vec::new(),
             counters: Counters::default(),
         }
     }
@@ -174,6 +185,8 @@ impl Graph {
             profiles: self.dirty.drain().collect(),
             removed_profiles: self.removed.drain().collect(),
             accounts: self.dirty_accounts.drain().collect(),
+            events_added: std::mem::take(&mut self.events_added),
+            events_removed: std::mem::take(&mut self.events_removed),
         };
         c.profiles.sort_unstable();
         c.removed_profiles.sort_unstable();
@@ -191,17 +204,27 @@ impl Graph {
         );
         self.removed.extend(changes.removed_profiles);
         self.dirty_accounts.extend(changes.accounts);
+        let mut added = changes.events_added;
+        added.append(&mut self.events_added);
+        self.events_added = added;
+        let mut removed = changes.events_removed;
+        removed.append(&mut self.events_removed);
+        self.events_removed = removed;
     }
 
     pub fn has_changes(&self) -> bool {
-        !(self.dirty.is_empty() && self.removed.is_empty() && self.dirty_accounts.is_empty())
+        !(self.dirty.is_empty()
+            && self.removed.is_empty()
+            && self.dirty_accounts.is_empty()
+            && self.events_added.is_empty()
+            && self.events_removed.is_empty())
     }
 
     /// Applies one event (see the module contract).
-    pub fn apply(&mut self, ev: &EventMeta, obs: &Observed) -> Applied {
+    pub fn apply(&mut self, ev: &EventMeta, mut obs: Observed) -> Applied {
         let mut applied = Applied::default();
         self.counters.events += 1;
-        let mut ids = self.candidates(obs, &mut applied);
+        let mut ids = self.candidates(&mut obs, &mut applied);
         ids.sort_by(|a, b| {
             (self.rules.rank(&a.kind), &a.value).cmp(&(self.rules.rank(&b.kind), &b.value))
         });
@@ -222,7 +245,9 @@ impl Graph {
                 .filter(|k| !self.owners.contains_key(*k))
                 .collect();
             let matched_ids: Vec<ProfileId> = matched.iter().map(|(p, _)| *p).collect();
-            if self.over_limit(&matched_ids, &new_ids, obs.timestamp_ms) {
+            // Nothing new and nothing to merge cannot break a limit.
+            let changes = !new_ids.is_empty() || matched.len() > 1;
+            if changes && self.over_limit(&matched_ids, &new_ids, obs.timestamp_ms) {
                 let dropped = ids.pop().expect("not empty");
                 applied.dropped.push(dropped);
                 continue;
@@ -250,7 +275,7 @@ impl Graph {
         self.counters.blocked += applied.blocked as u64;
         match target {
             Some(id) => {
-                self.record_event(id, ev, obs, &mut applied);
+                self.record_event(id, ev, &obs, &mut applied);
                 applied.profile = Some(id);
             }
             None => self.counters.unresolved += 1,
@@ -262,7 +287,7 @@ impl Graph {
     }
 
     /// The event's usable identifiers, deduplicated, with `alias.previousId` typed.
-    fn candidates(&self, obs: &Observed, applied: &mut Applied) -> Vec<IdKey> {
+    fn candidates(&self, obs: &mut Observed, applied: &mut Applied) -> Vec<IdKey> {
         let mut ids: Vec<IdKey> = Vec::with_capacity(obs.identifiers.len() + 1);
         let mut push = |k: IdKey, applied: &mut Applied| {
             if self.rules.is_blocked(&k.value) {
@@ -271,15 +296,21 @@ impl Graph {
                 ids.push(k);
             }
         };
-        for k in &obs.identifiers {
-            push(k.clone(), applied);
+        for k in std::mem::take(&mut obs.identifiers) {
+            push(k, applied);
         }
         if let Some(prev) = &obs.previous_id {
-            let as_user = IdKey::new(kinds::USER_ID, prev);
+            let as_user = IdKey {
+                kind: self.rules.kind(kinds::USER_ID),
+                value: prev.as_str().into(),
+            };
             let key = if self.owners.contains_key(&as_user) {
                 as_user
             } else {
-                IdKey::new(kinds::ANONYMOUS_ID, prev)
+                IdKey {
+                    kind: self.rules.kind(kinds::ANONYMOUS_ID),
+                    value: prev.as_str().into(),
+                }
             };
             push(key, applied);
         }
@@ -401,6 +432,10 @@ impl Graph {
             profile.identifiers.extend(loser.identifiers);
             merge_traits(&mut profile.traits, loser.traits);
             profile.metadata.absorb(&loser.metadata);
+            for e in &loser.events {
+                self.events_removed.push((loser_id, e.offset));
+                self.events_added.push((survivor, *e));
+            }
             merge_events(&mut profile.events, loser.events);
             profile.accounts.extend(loser.accounts);
             profile.merges.extend(loser.merges);
@@ -435,16 +470,20 @@ impl Graph {
     ) {
         let profile = self.profiles.get_mut(&id).expect("target exists");
         profile.metadata.touch(ev);
-        profile.events.push(EventRef {
+        let event = EventRef {
             offset: ev.offset,
             timestamp_ms: obs.timestamp_ms,
-        });
+        };
+        profile.events.push(event);
+        self.events_added.push((id, event));
         if obs.traits.len() < MAX_TRAITS_PER_EVENT {
             for (key, json) in &obs.traits {
-                applied.traits_changed |= set_trait(
+                applied.traits_changed |= set_trait_with(
                     &mut profile.traits,
                     key,
-                    TraitValue {
+                    obs.timestamp_ms,
+                    ev.offset,
+                    || TraitValue {
                         json: json.as_str().into(),
                         timestamp_ms: obs.timestamp_ms,
                         offset: ev.offset,

@@ -133,14 +133,25 @@ pub type Traits = BTreeMap<Box<str>, TraitValue>;
 
 /// Sets `key` unless the stored value is newer.
 pub fn set_trait(traits: &mut Traits, key: &str, value: TraitValue) -> bool {
+    set_trait_with(traits, key, value.timestamp_ms, value.offset, || value)
+}
+
+/// Like [`set_trait`], building the value only when it is stored.
+pub fn set_trait_with(
+    traits: &mut Traits,
+    key: &str,
+    timestamp_ms: i64,
+    offset: u64,
+    value: impl FnOnce() -> TraitValue,
+) -> bool {
     match traits.get_mut(key) {
-        Some(old) if !value.newer_than(old) => false,
+        Some(old) if (timestamp_ms, offset) <= (old.timestamp_ms, old.offset) => false,
         Some(old) => {
-            *old = value;
+            *old = value();
             true
         }
         None => {
-            traits.insert(key.into(), value);
+            traits.insert(key.into(), value());
             true
         }
     }
@@ -162,7 +173,9 @@ pub struct Profile {
     pub metadata: Metadata,
     /// Every merge that formed this profile, in log order.
     pub merges: Vec<MergeRecord>,
-    /// The profile's events in log order.
+    /// The profile's events in log order. Not part of the serialized record: the store keeps
+    /// them as separate timeline entries (see [`super::Changes`]).
+    #[serde(skip)]
     pub events: Vec<EventRef>,
     /// `group_id`s of the accounts this person belongs to.
     pub accounts: BTreeSet<Box<str>>,

@@ -88,7 +88,12 @@ pub struct RulesError {
 #[derive(Clone, Debug)]
 pub struct Rules {
     types: HashMap<Arc<str>, TypeRule>,
+    /// Shared names of the built-in and configured types (no allocation per identifier).
+    interned: HashSet<Arc<str>>,
     blocked_exact: HashSet<String>,
+    /// Length of the longest exact blocked value: longer values skip the lowercase lookup.
+    blocked_exact_max: usize,
+    /// Configured patterns (the default one is checked without a regex).
     blocked_patterns: Vec<Regex>,
     pub trait_identifiers: Vec<(String, Arc<str>)>,
     pub property_identifiers: Vec<(String, Arc<str>)>,
@@ -196,7 +201,8 @@ impl Rules {
         let mut blocked_exact: HashSet<String> =
             DEFAULT_BLOCKED.iter().map(|s| s.to_string()).collect();
         blocked_exact.extend(spec.blocked_values.iter().map(|v| v.trim().to_lowercase()));
-        let mut blocked_patterns = vec![Regex::new(DEFAULT_BLOCKED_PATTERN).expect("valid")];
+        let blocked_exact_max = blocked_exact.iter().map(String::len).max().unwrap_or(0);
+        let mut blocked_patterns = Vec::new();
         for (i, p) in spec.blocked_patterns.iter().enumerate() {
             let re = Regex::new(p)
                 .map_err(|e| error(format!("blocked_patterns[{i}]"), e.to_string()))?;
@@ -224,15 +230,41 @@ impl Rules {
         if max_identifiers == 0 {
             return Err(error("max_identifiers", "must be at least 1"));
         }
+        let mut interned: HashSet<Arc<str>> = types.keys().cloned().collect();
+        for kind in [
+            kinds::USER_ID,
+            kinds::ANONYMOUS_ID,
+            kinds::EMAIL,
+            kinds::PHONE,
+            kinds::GROUP_ID,
+            kinds::GA_CLIENT_ID,
+        ] {
+            interned.insert(kind.into());
+        }
+        let trait_identifiers = custom(&spec.trait_identifiers, "trait_identifiers")?;
+        let property_identifiers = custom(&spec.property_identifiers, "property_identifiers")?;
+        for (_, kind) in trait_identifiers.iter().chain(&property_identifiers) {
+            interned.insert(Arc::clone(kind));
+        }
         Ok(Rules {
             types,
+            interned,
             blocked_exact,
+            blocked_exact_max,
             blocked_patterns,
-            trait_identifiers: custom(&spec.trait_identifiers, "trait_identifiers")?,
-            property_identifiers: custom(&spec.property_identifiers, "property_identifiers")?,
+            trait_identifiers,
+            property_identifiers,
             max_merges,
             max_identifiers,
         })
+    }
+
+    /// The shared name of `kind` (allocated only for types the rules do not know).
+    pub fn kind(&self, kind: &str) -> Arc<str> {
+        self.interned
+            .get(kind)
+            .cloned()
+            .unwrap_or_else(|| kind.into())
     }
 
     /// The rule for `kind`; unconfigured types get the default limit, no window, no priority.
@@ -258,8 +290,12 @@ impl Rules {
         if trimmed.len() > 500 {
             return true;
         }
-        let lower = trimmed.to_lowercase();
-        self.blocked_exact.contains(&lower)
+        // DEFAULT_BLOCKED_PATTERN, `^[0-]*$`, without a regex: this runs for every identifier.
+        if trimmed.bytes().all(|b| b == b'0' || b == b'-') {
+            return true;
+        }
+        (trimmed.len() <= self.blocked_exact_max
+            && self.blocked_exact.contains(&trimmed.to_lowercase()))
             || self.blocked_patterns.iter().any(|re| re.is_match(trimmed))
     }
 }

@@ -37,7 +37,7 @@ impl Run {
             message_id: format!("m{}", self.next),
         };
         self.next += 1;
-        let applied = self.graph.apply(&meta, &observed);
+        let applied = self.graph.apply(&meta, observed);
         self.graph.check_invariants().unwrap();
         applied
     }

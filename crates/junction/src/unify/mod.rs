@@ -233,6 +233,11 @@ pub fn digest(graph: &Graph) -> u64 {
     let mut h = xxhash_rust::xxh3::Xxh3::new();
     for p in profiles {
         h.update(&postcard::to_allocvec(p).expect("profiles serialize"));
+        // Events are not part of the serialized record (see `store`).
+        for e in &p.events {
+            h.update(&e.offset.to_le_bytes());
+            h.update(&e.timestamp_ms.to_le_bytes());
+        }
     }
     for a in accounts {
         h.update(&postcard::to_allocvec(a).expect("accounts serialize"));

@@ -50,15 +50,19 @@ fn read_slice(
 }
 
 /// Applies parsed events in order; returns the next offset to apply.
-fn apply(unify: &Unify, slice: &[Parsed], next: u64) -> u64 {
-    let mut graph = unify.graph_mut();
-    let mut next = next;
+fn apply_to(graph: &mut Graph, slice: Vec<Parsed>, mut next: u64) -> u64 {
     for (meta, observed) in slice {
         if let Some(o) = observed {
-            graph.apply(meta, o);
+            graph.apply(&meta, o);
         }
         next = meta.offset + 1;
     }
+    next
+}
+
+/// [`apply_to`] the shared graph under its write lock, and publishes the progress.
+fn apply(unify: &Unify, slice: Vec<Parsed>, next: u64) -> u64 {
+    let next = apply_to(&mut unify.graph_mut(), slice, next);
     unify.applied.store(next, Ordering::Release);
     next
 }
@@ -110,7 +114,7 @@ pub fn catch_up(unify: &Unify, progress: &mut dyn FnMut(u64, u64)) -> anyhow::Re
     for slice in pipeline.slices.iter() {
         let slice = slice?;
         count += slice.len() as u64;
-        next = apply(unify, &slice, next);
+        next = apply(unify, slice, next);
         unify.log_end.fetch_max(next, Ordering::AcqRel);
         progress(next, count);
     }
@@ -132,12 +136,7 @@ pub fn replay(
     for slice in pipeline.slices.iter() {
         let slice = slice?;
         count += slice.len() as u64;
-        for (meta, observed) in &slice {
-            if let Some(o) = observed {
-                graph.apply(meta, o);
-            }
-            next = meta.offset + 1;
-        }
+        next = apply_to(&mut graph, slice, next);
         progress(next, count);
     }
     pipeline.join()?;
@@ -278,8 +277,9 @@ pub fn spawn(unify: Arc<Unify>, log: Log, commit_interval: Duration) -> Processo
                     continue;
                 }
                 let (slice, error) = read_slice(&unify, &mut reader, SLICE);
-                if !slice.is_empty() {
-                    next = apply(&unify, &slice, next);
+                let read = slice.len();
+                if read > 0 {
+                    next = apply(&unify, slice, next);
                 }
                 if let Some(e) = error {
                     tracing::error!(error = %e, "the unify processor cannot read the log; retrying");
@@ -299,7 +299,7 @@ pub fn spawn(unify: Arc<Unify>, log: Log, commit_interval: Duration) -> Processo
                 }
                 let stopping = *stopped.borrow() || stopped.has_changed().is_err();
                 // Caught up with what is durable now (appends may have landed meanwhile).
-                let caught_up = slice.len() < SLICE && unify.applied() >= log.next_offset();
+                let caught_up = read < SLICE && unify.applied() >= log.next_offset();
                 if last_commit.elapsed() >= commit_interval || (stopping && caught_up) {
                     if let Err(e) = commit(&unify) {
                         tracing::error!(error = %format!("{e:#}"), "the unify state could not be committed; retrying");

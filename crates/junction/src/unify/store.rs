@@ -2,9 +2,11 @@
 //! `<data_dir>/state`.
 //!
 //! Contract:
-//! - Keyspaces: `profiles` (profile id, u64 big-endian → postcard [`Profile`]), `accounts`
-//!   (group id → postcard [`Account`]), `meta` (`checkpoint`, `next_id`: u64 big-endian;
-//!   `format`: [`FORMAT`]).
+//! - Keyspaces: `profiles` (profile id, u64 big-endian → postcard [`Profile`] without its
+//!   events), `events` (profile id ++ log offset, both u64 big-endian → event timestamp, i64
+//!   big-endian: the timeline, so a commit adds only new entries instead of rewriting a
+//!   profile's history), `accounts` (group id → postcard [`Account`]), `meta` (`checkpoint`,
+//!   `next_id`: u64 big-endian; `format`: [`FORMAT`]).
 //! - [`Store::commit`] writes changed records, removals, the next profile id and the
 //!   checkpoint (the next log offset to apply) in **one atomic batch**, fsynced before it
 //!   returns: after a crash the store holds exactly the state of some checkpoint.
@@ -15,10 +17,10 @@ use std::path::Path;
 
 use anyhow::Context as _;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
-use junction_core::identity::{Account, Changes, Graph, Profile, Rules};
+use junction_core::identity::{Account, Changes, EventRef, Graph, Profile, ProfileId, Rules};
 
 /// Version of the record encoding; a different value needs `junction rebuild`.
-pub const FORMAT: u64 = 1;
+pub const FORMAT: u64 = 2;
 const CHECKPOINT: &[u8] = b"checkpoint";
 const NEXT_ID: &[u8] = b"next_id";
 const FORMAT_KEY: &[u8] = b"format";
@@ -26,6 +28,7 @@ const FORMAT_KEY: &[u8] = b"format";
 pub struct Store {
     db: Database,
     profiles: Keyspace,
+    events: Keyspace,
     accounts: Keyspace,
     meta: Keyspace,
 }
@@ -55,6 +58,7 @@ impl Store {
         };
         let store = Store {
             profiles: open("profiles")?,
+            events: open("events")?,
             accounts: open("accounts")?,
             meta: open("meta")?,
             db,
@@ -74,11 +78,29 @@ impl Store {
     pub fn load(&self, rules: Rules) -> anyhow::Result<(Graph, u64)> {
         let checkpoint = self.meta_u64(CHECKPOINT)?.unwrap_or(0);
         let next_id = self.meta_u64(NEXT_ID)?.unwrap_or(1);
-        let mut profiles = Vec::new();
+        let mut profiles = rustc_hash::FxHashMap::default();
         for item in self.profiles.iter() {
             let v = item.value()?;
-            profiles.push(postcard::from_bytes::<Profile>(&v).context("decoding a profile")?);
+            let p = postcard::from_bytes::<Profile>(&v).context("decoding a profile")?;
+            profiles.insert(p.id, p);
         }
+        // Keys are ordered by (profile, offset): each timeline is read in log order.
+        for item in self.events.iter() {
+            let (k, v) = item.into_inner()?;
+            let (id, offset) = timeline_key_parts(&k)?;
+            let timestamp_ms = i64::from_be_bytes(
+                v.as_ref()
+                    .try_into()
+                    .context("a timeline value is not 8 bytes")?,
+            );
+            if let Some(p) = profiles.get_mut(&id) {
+                p.events.push(EventRef {
+                    offset,
+                    timestamp_ms,
+                });
+            }
+        }
+        let profiles = profiles.into_values();
         let mut accounts = Vec::new();
         for item in self.accounts.iter() {
             let v = item.value()?;
@@ -113,6 +135,17 @@ impl Store {
         for id in &changes.removed_profiles {
             batch.remove(&self.profiles, id.to_be_bytes());
         }
+        for (id, offset) in &changes.events_removed {
+            batch.remove(&self.events, timeline_key(*id, *offset));
+        }
+        for (id, e) in &changes.events_added {
+            batch.insert(
+                &self.events,
+                timeline_key(*id, e.offset),
+                e.timestamp_ms.to_be_bytes(),
+            );
+        }
+        out.bytes += changes.events_added.len() * 24;
         for group_id in &changes.accounts {
             if let Some(a) = graph.account(group_id) {
                 let v = postcard::to_allocvec(a)?;
@@ -139,8 +172,15 @@ impl Store {
             let mut batch = self.db.batch();
             for p in chunk {
                 let v = postcard::to_allocvec(*p)?;
-                out.bytes += v.len();
+                out.bytes += v.len() + 24 * p.events.len();
                 batch.insert(&self.profiles, p.id.to_be_bytes(), v);
+                for e in &p.events {
+                    batch.insert(
+                        &self.events,
+                        timeline_key(p.id, e.offset),
+                        e.timestamp_ms.to_be_bytes(),
+                    );
+                }
             }
             batch.commit().context("writing the state store")?;
         }
@@ -167,4 +207,20 @@ impl Store {
     pub fn disk_bytes(&self) -> u64 {
         self.db.disk_space().unwrap_or(0)
     }
+}
+
+fn timeline_key(id: ProfileId, offset: u64) -> [u8; 16] {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&id.to_be_bytes());
+    k[8..].copy_from_slice(&offset.to_be_bytes());
+    k
+}
+
+fn timeline_key_parts(k: &[u8]) -> anyhow::Result<(ProfileId, u64)> {
+    anyhow::ensure!(k.len() == 16, "a timeline key is not 16 bytes");
+    let (id, offset) = k.split_at(8);
+    Ok((
+        u64::from_be_bytes(id.try_into()?),
+        u64::from_be_bytes(offset.try_into()?),
+    ))
 }

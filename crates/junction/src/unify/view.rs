@@ -1120,7 +1120,7 @@ mod tests {
         .enumerate()
         {
             let (m, o) = ev(i as u64, json);
-            graph.apply(&m, &o);
+            graph.apply(&m, o);
         }
         let p = graph.lookup("user_id", "u1").unwrap();
         let Query::Links(q) = query(Resource::Links, "limit=1") else {
