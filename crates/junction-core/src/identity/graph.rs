@@ -52,11 +52,36 @@ pub struct Changes {
     pub profiles: Vec<ProfileId>,
     pub removed_profiles: Vec<ProfileId>,
     pub accounts: Vec<Box<str>>,
-    /// Timeline entries to add, in application order (a profile's events are persisted
-    /// apart from its record, so a commit writes only what is new).
-    pub events_added: Vec<(ProfileId, EventRef)>,
-    /// Timeline entries to remove (moved to another profile by a merge).
-    pub events_removed: Vec<(ProfileId, u64)>,
+    /// What happened to timelines, in application order (a profile's events are persisted
+    /// apart from its record, so a commit writes only what is new, in one entry).
+    pub timeline: Vec<TimelineOp>,
+}
+
+/// One change to the profiles' event timelines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum TimelineOp {
+    /// The event became part of the profile.
+    Add(ProfileId, EventRef),
+    /// A merge: every event of the first profile now belongs to the second.
+    Move(ProfileId, ProfileId),
+}
+
+/// Replays timeline operations into per-profile event lists (offset order).
+pub fn replay_timeline(
+    ops: impl IntoIterator<Item = TimelineOp>,
+) -> HashMap<ProfileId, Vec<EventRef>> {
+    let mut timelines: HashMap<ProfileId, Vec<EventRef>> = HashMap::default();
+    for op in ops {
+        match op {
+            TimelineOp::Add(id, e) => timelines.entry(id).or_default().push(e),
+            TimelineOp::Move(from, to) => {
+                if let Some(moved) = timelines.remove(&from) {
+                    merge_events(timelines.entry(to).or_default(), moved);
+                }
+            }
+        }
+    }
+    timelines
 }
 
 #[derive(Clone, Debug)]
@@ -69,8 +94,7 @@ pub struct Graph {
     dirty: HashSet<ProfileId>,
     removed: HashSet<ProfileId>,
     dirty_accounts: HashSet<Box<str>>,
-    events_added: Vec<(ProfileId, EventRef)>,
-    events_removed: Vec<(ProfileId, u64)>,
+    timeline: Vec<TimelineOp>,
     counters: Counters,
 }
 
@@ -95,8 +119,7 @@ impl Graph {
             dirty: HashSet::default(),
             removed: HashSet::default(),
             dirty_accounts: HashSet::default(),
-            events_added: Vec::new(),
-            events_removed: Vec::new(),
+            timeline: Vec::new(),
             counters: Counters::default(),
         }
     }
@@ -185,8 +208,7 @@ impl Graph {
             profiles: self.dirty.drain().collect(),
             removed_profiles: self.removed.drain().collect(),
             accounts: self.dirty_accounts.drain().collect(),
-            events_added: std::mem::take(&mut self.events_added),
-            events_removed: std::mem::take(&mut self.events_removed),
+            timeline: std::mem::take(&mut self.timeline),
         };
         c.profiles.sort_unstable();
         c.removed_profiles.sort_unstable();
@@ -204,20 +226,16 @@ impl Graph {
         );
         self.removed.extend(changes.removed_profiles);
         self.dirty_accounts.extend(changes.accounts);
-        let mut added = changes.events_added;
-        added.append(&mut self.events_added);
-        self.events_added = added;
-        let mut removed = changes.events_removed;
-        removed.append(&mut self.events_removed);
-        self.events_removed = removed;
+        let mut timeline = changes.timeline;
+        timeline.append(&mut self.timeline);
+        self.timeline = timeline;
     }
 
     pub fn has_changes(&self) -> bool {
         !(self.dirty.is_empty()
             && self.removed.is_empty()
             && self.dirty_accounts.is_empty()
-            && self.events_added.is_empty()
-            && self.events_removed.is_empty())
+            && self.timeline.is_empty())
     }
 
     /// Applies one event (see the module contract).
@@ -432,10 +450,7 @@ impl Graph {
             profile.identifiers.extend(loser.identifiers);
             merge_traits(&mut profile.traits, loser.traits);
             profile.metadata.absorb(&loser.metadata);
-            for e in &loser.events {
-                self.events_removed.push((loser_id, e.offset));
-                self.events_added.push((survivor, *e));
-            }
+            self.timeline.push(TimelineOp::Move(loser_id, survivor));
             merge_events(&mut profile.events, loser.events);
             profile.accounts.extend(loser.accounts);
             profile.merges.extend(loser.merges);
@@ -475,7 +490,7 @@ impl Graph {
             timestamp_ms: obs.timestamp_ms,
         };
         profile.events.push(event);
-        self.events_added.push((id, event));
+        self.timeline.push(TimelineOp::Add(id, event));
         if obs.traits.len() < MAX_TRAITS_PER_EVENT {
             for (key, json) in &obs.traits {
                 applied.traits_changed |= set_trait_with(

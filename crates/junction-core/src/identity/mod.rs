@@ -13,7 +13,7 @@ pub mod rules;
 mod tests;
 
 pub use extract::{IdKey, Observed, observe};
-pub use graph::{Applied, Changes, Counters, Graph};
+pub use graph::{Applied, Changes, Counters, Graph, TimelineOp, replay_timeline};
 pub use profile::{
     Account, EventMeta, EventRef, ExternalId, MergeRecord, Profile, ProfileId, TraitValue,
 };

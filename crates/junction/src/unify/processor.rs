@@ -27,6 +27,9 @@ use crate::log::{Log, LogReader, Record};
 /// the stored event could not be parsed).
 type Parsed = (EventMeta, Option<Observed>);
 
+/// While behind the log, commits happen this many times less often.
+const CATCH_UP_COMMIT_FACTOR: u32 = 10;
+
 /// Events applied per write-lock hold.
 pub const SLICE: usize = 512;
 
@@ -300,7 +303,11 @@ pub fn spawn(unify: Arc<Unify>, log: Log, commit_interval: Duration) -> Processo
                 let stopping = *stopped.borrow() || stopped.has_changed().is_err();
                 // Caught up with what is durable now (appends may have landed meanwhile).
                 let caught_up = read < SLICE && unify.applied() >= log.next_offset();
-                if last_commit.elapsed() >= commit_interval || (stopping && caught_up) {
+                // While catching up (far behind the log), commits are spaced out so each
+                // one coalesces more changes per profile; durability of derived state only
+                // bounds the replay after a crash.
+                let due = if caught_up { commit_interval } else { commit_interval * CATCH_UP_COMMIT_FACTOR };
+                if last_commit.elapsed() >= due || (stopping && caught_up) {
                     if let Err(e) = commit(&unify) {
                         tracing::error!(error = %format!("{e:#}"), "the unify state could not be committed; retrying");
                         unify.commit_errors.fetch_add(1, Ordering::Relaxed);

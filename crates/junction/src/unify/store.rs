@@ -3,34 +3,42 @@
 //!
 //! Contract:
 //! - Keyspaces: `profiles` (profile id, u64 big-endian → postcard [`Profile`] without its
-//!   events), `events` (profile id ++ log offset, both u64 big-endian → event timestamp, i64
-//!   big-endian: the timeline, so a commit adds only new entries instead of rewriting a
-//!   profile's history), `accounts` (group id → postcard [`Account`]), `meta` (`checkpoint`,
-//!   `next_id`: u64 big-endian; `format`: [`FORMAT`]).
-//! - [`Store::commit`] writes changed records, removals, the next profile id and the
-//!   checkpoint (the next log offset to apply) in **one atomic batch**, fsynced before it
-//!   returns: after a crash the store holds exactly the state of some checkpoint.
+//!   events), `timeline` (commit number, u64 big-endian → postcard `Vec<TimelineOp>`: the
+//!   events each profile gained and the merges that moved them, one entry per commit, so a
+//!   commit never rewrites a profile's history; replayed in order on load), `accounts` (group
+//!   id → postcard [`Account`]), `meta` (`checkpoint`, `next_id`, `timeline_seq`: u64
+//!   big-endian; `format`: [`FORMAT`]).
+//! - [`Store::commit`] writes changed records, removals, the commit's timeline entry, the next
+//!   profile id and the checkpoint (the next log offset to apply) in **one atomic batch**,
+//!   fsynced before it returns: after a crash the store holds exactly the state of some
+//!   checkpoint.
 //! - [`Store::load`] returns that state and its checkpoint (0 for an empty store).
 //! - fjall locks its directory: one process at a time.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use anyhow::Context as _;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
-use junction_core::identity::{Account, Changes, EventRef, Graph, Profile, ProfileId, Rules};
+use junction_core::identity::{
+    Account, Changes, Graph, Profile, Rules, TimelineOp, replay_timeline,
+};
 
 /// Version of the record encoding; a different value needs `junction rebuild`.
-pub const FORMAT: u64 = 2;
+pub const FORMAT: u64 = 3;
 const CHECKPOINT: &[u8] = b"checkpoint";
 const NEXT_ID: &[u8] = b"next_id";
+const TIMELINE_SEQ: &[u8] = b"timeline_seq";
 const FORMAT_KEY: &[u8] = b"format";
 
 pub struct Store {
     db: Database,
     profiles: Keyspace,
-    events: Keyspace,
+    timeline: Keyspace,
     accounts: Keyspace,
     meta: Keyspace,
+    /// Key of the next timeline entry.
+    timeline_seq: AtomicU64,
 }
 
 /// What one commit wrote.
@@ -58,19 +66,22 @@ impl Store {
         };
         let store = Store {
             profiles: open("profiles")?,
-            events: open("events")?,
+            timeline: open("timeline")?,
             accounts: open("accounts")?,
             meta: open("meta")?,
             db,
+            timeline_seq: AtomicU64::new(0),
         };
-        match store.meta.get(FORMAT_KEY)? {
-            Some(v) if u64_value(&v)? != FORMAT => anyhow::bail!(
-                "the state store {} has format {} but this build reads format {FORMAT}: run `junction rebuild`",
+        if let Some(format) = store.meta_u64(FORMAT_KEY)?
+            && format != FORMAT
+        {
+            anyhow::bail!(
+                "the state store {} has format {format} but this build reads format {FORMAT}: run `junction rebuild`",
                 dir.display(),
-                u64_value(&v)?
-            ),
-            _ => {}
+            );
         }
+        let seq = store.meta_u64(TIMELINE_SEQ)?.unwrap_or(0);
+        store.timeline_seq.store(seq, Ordering::Relaxed);
         Ok(store)
     }
 
@@ -84,30 +95,25 @@ impl Store {
             let p = postcard::from_bytes::<Profile>(&v).context("decoding a profile")?;
             profiles.insert(p.id, p);
         }
-        // Keys are ordered by (profile, offset): each timeline is read in log order.
-        for item in self.events.iter() {
-            let (k, v) = item.into_inner()?;
-            let (id, offset) = timeline_key_parts(&k)?;
-            let timestamp_ms = i64::from_be_bytes(
-                v.as_ref()
-                    .try_into()
-                    .context("a timeline value is not 8 bytes")?,
+        let mut ops = Vec::new();
+        for item in self.timeline.iter() {
+            let v = item.value()?;
+            ops.extend(
+                postcard::from_bytes::<Vec<TimelineOp>>(&v).context("decoding a timeline entry")?,
             );
+        }
+        for (id, events) in replay_timeline(ops) {
             if let Some(p) = profiles.get_mut(&id) {
-                p.events.push(EventRef {
-                    offset,
-                    timestamp_ms,
-                });
+                p.events = events;
             }
         }
-        let profiles = profiles.into_values();
         let mut accounts = Vec::new();
         for item in self.accounts.iter() {
             let v = item.value()?;
             accounts.push(postcard::from_bytes::<Account>(&v).context("decoding an account")?);
         }
         Ok((
-            Graph::restore(rules, profiles, accounts, next_id),
+            Graph::restore(rules, profiles.into_values(), accounts, next_id),
             checkpoint,
         ))
     }
@@ -135,17 +141,6 @@ impl Store {
         for id in &changes.removed_profiles {
             batch.remove(&self.profiles, id.to_be_bytes());
         }
-        for (id, offset) in &changes.events_removed {
-            batch.remove(&self.events, timeline_key(*id, *offset));
-        }
-        for (id, e) in &changes.events_added {
-            batch.insert(
-                &self.events,
-                timeline_key(*id, e.offset),
-                e.timestamp_ms.to_be_bytes(),
-            );
-        }
-        out.bytes += changes.events_added.len() * 24;
         for group_id in &changes.accounts {
             if let Some(a) = graph.account(group_id) {
                 let v = postcard::to_allocvec(a)?;
@@ -153,12 +148,24 @@ impl Store {
                 batch.insert(&self.accounts, group_id.as_bytes(), v);
             }
         }
-        out.records =
-            changes.profiles.len() + changes.removed_profiles.len() + changes.accounts.len();
+        let seq = self.timeline_seq.load(Ordering::Relaxed);
+        if !changes.timeline.is_empty() {
+            let v = postcard::to_allocvec(&changes.timeline)?;
+            out.bytes += v.len();
+            batch.insert(&self.timeline, seq.to_be_bytes(), v);
+            batch.insert(&self.meta, TIMELINE_SEQ, (seq + 1).to_be_bytes());
+        }
+        out.records = changes.profiles.len()
+            + changes.removed_profiles.len()
+            + changes.accounts.len()
+            + usize::from(!changes.timeline.is_empty());
         batch.insert(&self.meta, CHECKPOINT, checkpoint.to_be_bytes());
         batch.insert(&self.meta, NEXT_ID, graph.next_id().to_be_bytes());
         batch.insert(&self.meta, FORMAT_KEY, FORMAT.to_be_bytes());
         batch.commit().context("committing the state store")?;
+        if !changes.timeline.is_empty() {
+            self.timeline_seq.store(seq + 1, Ordering::Relaxed);
+        }
         Ok(out)
     }
 
@@ -168,20 +175,20 @@ impl Store {
         const CHUNK: usize = 20_000;
         let (profiles, accounts) = graph.canonical();
         let mut out = Committed::default();
+        let mut seq = 0u64;
         for chunk in profiles.chunks(CHUNK) {
             let mut batch = self.db.batch();
+            let mut ops = Vec::new();
             for p in chunk {
                 let v = postcard::to_allocvec(*p)?;
-                out.bytes += v.len() + 24 * p.events.len();
+                out.bytes += v.len();
                 batch.insert(&self.profiles, p.id.to_be_bytes(), v);
-                for e in &p.events {
-                    batch.insert(
-                        &self.events,
-                        timeline_key(p.id, e.offset),
-                        e.timestamp_ms.to_be_bytes(),
-                    );
-                }
+                ops.extend(p.events.iter().map(|e| TimelineOp::Add(p.id, *e)));
             }
+            let v = postcard::to_allocvec(&ops)?;
+            out.bytes += v.len();
+            batch.insert(&self.timeline, seq.to_be_bytes(), v);
+            seq += 1;
             batch.commit().context("writing the state store")?;
         }
         for chunk in accounts.chunks(CHUNK) {
@@ -197,9 +204,11 @@ impl Store {
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
         batch.insert(&self.meta, CHECKPOINT, checkpoint.to_be_bytes());
         batch.insert(&self.meta, NEXT_ID, graph.next_id().to_be_bytes());
+        batch.insert(&self.meta, TIMELINE_SEQ, seq.to_be_bytes());
         batch.insert(&self.meta, FORMAT_KEY, FORMAT.to_be_bytes());
         batch.commit().context("committing the state store")?;
         self.db.persist(PersistMode::SyncAll)?;
+        self.timeline_seq.store(seq, Ordering::Relaxed);
         Ok(out)
     }
 
@@ -207,20 +216,4 @@ impl Store {
     pub fn disk_bytes(&self) -> u64 {
         self.db.disk_space().unwrap_or(0)
     }
-}
-
-fn timeline_key(id: ProfileId, offset: u64) -> [u8; 16] {
-    let mut k = [0u8; 16];
-    k[..8].copy_from_slice(&id.to_be_bytes());
-    k[8..].copy_from_slice(&offset.to_be_bytes());
-    k
-}
-
-fn timeline_key_parts(k: &[u8]) -> anyhow::Result<(ProfileId, u64)> {
-    anyhow::ensure!(k.len() == 16, "a timeline key is not 16 bytes");
-    let (id, offset) = k.split_at(8);
-    Ok((
-        u64::from_be_bytes(id.try_into()?),
-        u64::from_be_bytes(offset.try_into()?),
-    ))
 }
