@@ -4,10 +4,12 @@
 //! - Records are decoded and parsed ([`observe`]) outside the graph lock, then applied in
 //!   log order under the write lock in small slices (≤ [`SLICE`] events), so Profile API
 //!   readers wait at most one slice.
-//! - Changed records and the checkpoint are committed together ([`Store::commit`]) every
-//!   `commit_interval` while running, at the end of [`catch_up`], and on shutdown. A
-//!   failed commit is retried on the next interval; nothing is marked committed until a
-//!   commit succeeds.
+//! - Changed records and the checkpoint are committed together every `commit_interval` (10×
+//!   less often while far behind the log), at the end of [`catch_up`], and on shutdown. The
+//!   processor encodes a commit ([`Prepared`], exactly the state at its checkpoint) and a
+//!   committer thread writes it while the processor goes on applying; one commit is in
+//!   flight at a time, in order. A failed commit's changes are put back and retried with the
+//!   next one; nothing is marked committed until its write succeeded.
 //! - A stored event that cannot be parsed is counted (`junction_unify_bad_events_total`)
 //!   and skipped: it cannot block the log.
 
@@ -16,11 +18,11 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use junction_core::identity::{EventMeta, Graph, Observed, observe};
+use junction_core::identity::{Changes, EventMeta, Graph, Observed, observe};
 use tokio::sync::watch;
 
 use super::Unify;
-use super::store::Committed;
+use super::store::{Committed, Prepared};
 use crate::log::{Log, LogReader, Record};
 
 /// One decoded record: its position and what identity resolution reads from it (`None`:
@@ -70,35 +72,92 @@ fn apply(unify: &Unify, slice: Vec<Parsed>, next: u64) -> u64 {
     next
 }
 
-/// Commits whatever changed, with `checkpoint` = the next offset to apply.
-pub fn commit(unify: &Unify) -> anyhow::Result<Committed> {
-    let started = Instant::now();
-    let (changes, checkpoint) = {
-        let mut graph = unify.graph_mut();
-        (graph.take_changes(), unify.applied())
-    };
-    if checkpoint == unify.committed()
-        && changes.profiles.is_empty()
-        && changes.accounts.is_empty()
-        && changes.removed_profiles.is_empty()
-    {
-        return Ok(Committed::default());
+/// Takes the pending changes and encodes them as they are at `applied` (the processor is the
+/// only writer, so nothing changes in between). `None` when there is nothing to write.
+fn prepare(unify: &Unify) -> anyhow::Result<Option<(Prepared, Changes)>> {
+    let changes = unify.graph_mut().take_changes();
+    let checkpoint = unify.applied();
+    if checkpoint == unify.committed() && changes == Changes::default() {
+        return Ok(None);
     }
-    let result = {
-        let graph = unify.graph();
-        unify.store.commit(&graph, &changes, checkpoint)
-    };
-    match result {
+    let prepared = Prepared::new(&unify.graph(), &changes, checkpoint);
+    match prepared {
+        Ok(p) => Ok(Some((p, changes))),
+        Err(e) => {
+            unify.graph_mut().restore_changes(changes);
+            Err(e)
+        }
+    }
+}
+
+/// Records a written commit, or puts its changes back for the next one.
+fn finish(
+    unify: &Unify,
+    written: anyhow::Result<Committed>,
+    changes: Changes,
+    checkpoint: u64,
+    started: Instant,
+) -> anyhow::Result<Committed> {
+    match written {
         Ok(c) => {
-            unify.committed.store(checkpoint, Ordering::Release);
+            unify.committed.fetch_max(checkpoint, Ordering::AcqRel);
             unify.commit_seconds.observe(started.elapsed());
             Ok(c)
         }
         Err(e) => {
-            // Keep the changes pending for the next attempt.
             unify.graph_mut().restore_changes(changes);
             Err(e)
         }
+    }
+}
+
+/// Commits whatever changed, with `checkpoint` = the next offset to apply (synchronously).
+pub fn commit(unify: &Unify) -> anyhow::Result<Committed> {
+    let started = Instant::now();
+    let Some((prepared, changes)) = prepare(unify)? else {
+        return Ok(Committed::default());
+    };
+    let written = unify.store.write(&prepared);
+    finish(unify, written, changes, prepared.checkpoint, started)
+}
+
+/// A commit handed to the committer thread, and what came of it.
+type Job = (Prepared, Changes, Instant);
+type Done = (anyhow::Result<Committed>, Changes, u64, Instant);
+
+/// Writes prepared commits in order on its own thread, so the processor keeps applying
+/// while the store syncs.
+fn spawn_committer(
+    unify: Arc<Unify>,
+) -> (
+    std::sync::mpsc::SyncSender<Job>,
+    std::sync::mpsc::Receiver<Done>,
+    std::thread::JoinHandle<()>,
+) {
+    let (job_tx, job_rx) = std::sync::mpsc::sync_channel::<Job>(1);
+    let (done_tx, done_rx) = std::sync::mpsc::sync_channel::<Done>(1);
+    let thread = std::thread::Builder::new()
+        .name("unify-commit".into())
+        .spawn(move || {
+            for (prepared, changes, started) in job_rx {
+                let written = unify.store.write(&prepared);
+                if done_tx
+                    .send((written, changes, prepared.checkpoint, started))
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        })
+        .expect("spawning the unify commit thread");
+    (job_tx, done_rx, thread)
+}
+
+fn report(unify: &Unify, done: Done) {
+    let (written, changes, checkpoint, started) = done;
+    if let Err(e) = finish(unify, written, changes, checkpoint, started) {
+        tracing::error!(error = %format!("{e:#}"), "the unify state could not be committed; retrying");
+        unify.commit_errors.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -271,6 +330,8 @@ pub fn spawn(unify: Arc<Unify>, log: Log, commit_interval: Duration) -> Processo
             };
             let mut next = unify.applied();
             let mut last_commit = Instant::now();
+            let (job_tx, done_rx, committer) = spawn_committer(Arc::clone(&unify));
+            let mut in_flight = false;
             loop {
                 let end = log.next_offset();
                 unify.log_end.fetch_max(end, Ordering::AcqRel);
@@ -306,19 +367,45 @@ pub fn spawn(unify: Arc<Unify>, log: Log, commit_interval: Duration) -> Processo
                 // While catching up (far behind the log), commits are spaced out so each
                 // one coalesces more changes per profile; durability of derived state only
                 // bounds the replay after a crash.
-                let due = if caught_up { commit_interval } else { commit_interval * CATCH_UP_COMMIT_FACTOR };
-                if last_commit.elapsed() >= due || (stopping && caught_up) {
+                let due = if caught_up {
+                    commit_interval
+                } else {
+                    commit_interval * CATCH_UP_COMMIT_FACTOR
+                };
+                if in_flight && let Ok(done) = done_rx.try_recv() {
+                    report(&unify, done);
+                    in_flight = false;
+                }
+                if stopping && caught_up {
+                    if in_flight && let Ok(done) = done_rx.recv() {
+                        report(&unify, done);
+                        in_flight = false;
+                    }
                     if let Err(e) = commit(&unify) {
-                        tracing::error!(error = %format!("{e:#}"), "the unify state could not be committed; retrying");
+                        tracing::error!(error = %format!("{e:#}"), "the final unify commit failed; the next start replays from the last checkpoint");
                         unify.commit_errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                    break;
+                }
+                if !in_flight && last_commit.elapsed() >= due {
+                    match prepare(&unify) {
+                        Ok(Some((prepared, changes))) => {
+                            in_flight = job_tx.send((prepared, changes, Instant::now())).is_ok();
+                        }
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::error!(error = %format!("{e:#}"), "the unify state could not be encoded; retrying");
+                            unify.commit_errors.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                     last_commit = Instant::now();
                 }
-                if stopping && caught_up {
-                    break;
-                }
                 if caught_up {
-                    let wait = commit_interval.saturating_sub(last_commit.elapsed());
+                    let wait = if in_flight {
+                        Duration::from_millis(2)
+                    } else {
+                        commit_interval.saturating_sub(last_commit.elapsed())
+                    };
                     runtime.block_on(async {
                         tokio::select! {
                             _ = appended.changed() => {}
@@ -328,6 +415,12 @@ pub fn spawn(unify: Arc<Unify>, log: Log, commit_interval: Duration) -> Processo
                     });
                 }
             }
+            // Nothing may write the store after the processor has stopped.
+            drop(job_tx);
+            if in_flight && let Ok(done) = done_rx.recv() {
+                report(&unify, done);
+            }
+            let _ = committer.join();
         })
         .expect("spawning the unify thread");
     Processor {

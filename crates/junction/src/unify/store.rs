@@ -41,6 +41,58 @@ pub struct Store {
     timeline_seq: AtomicU64,
 }
 
+/// One commit, encoded from the graph (under its lock) and written later ([`Store::write`]).
+pub struct Prepared {
+    profiles: Vec<(u64, Vec<u8>)>,
+    removed: Vec<u64>,
+    accounts: Vec<(Box<str>, Vec<u8>)>,
+    timeline: Option<Vec<u8>>,
+    pub checkpoint: u64,
+    next_id: u64,
+    committed: Committed,
+}
+
+impl Prepared {
+    /// Encodes `changes` as they are in `graph`, whose state is that of `checkpoint`.
+    pub fn new(graph: &Graph, changes: &Changes, checkpoint: u64) -> anyhow::Result<Prepared> {
+        let mut bytes = 0;
+        let mut encode = |v: Vec<u8>| {
+            bytes += v.len();
+            v
+        };
+        let mut profiles = Vec::with_capacity(changes.profiles.len());
+        for id in &changes.profiles {
+            if let Some(p) = graph.profile(*id) {
+                profiles.push((*id, encode(postcard::to_allocvec(p)?)));
+            }
+        }
+        let mut accounts = Vec::with_capacity(changes.accounts.len());
+        for group_id in &changes.accounts {
+            if let Some(a) = graph.account(group_id) {
+                accounts.push((group_id.clone(), encode(postcard::to_allocvec(a)?)));
+            }
+        }
+        let timeline = if changes.timeline.is_empty() {
+            None
+        } else {
+            Some(encode(postcard::to_allocvec(&changes.timeline)?))
+        };
+        let records = profiles.len()
+            + changes.removed_profiles.len()
+            + accounts.len()
+            + usize::from(timeline.is_some());
+        Ok(Prepared {
+            profiles,
+            removed: changes.removed_profiles.clone(),
+            accounts,
+            timeline,
+            checkpoint,
+            next_id: graph.next_id(),
+            committed: Committed { records, bytes },
+        })
+    }
+}
+
 /// What one commit wrote.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Committed {
@@ -129,44 +181,35 @@ impl Store {
         changes: &Changes,
         checkpoint: u64,
     ) -> anyhow::Result<Committed> {
+        self.write(&Prepared::new(graph, changes, checkpoint)?)
+    }
+
+    /// Writes a prepared commit atomically and durably (its timeline entry gets the next
+    /// number here, so prepared commits must be written in the order they were prepared).
+    pub fn write(&self, p: &Prepared) -> anyhow::Result<Committed> {
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncData));
-        let mut out = Committed::default();
-        for id in &changes.profiles {
-            if let Some(p) = graph.profile(*id) {
-                let v = postcard::to_allocvec(p)?;
-                out.bytes += v.len();
-                batch.insert(&self.profiles, id.to_be_bytes(), v);
-            }
+        for (id, v) in &p.profiles {
+            batch.insert(&self.profiles, id.to_be_bytes(), v.as_slice());
         }
-        for id in &changes.removed_profiles {
+        for id in &p.removed {
             batch.remove(&self.profiles, id.to_be_bytes());
         }
-        for group_id in &changes.accounts {
-            if let Some(a) = graph.account(group_id) {
-                let v = postcard::to_allocvec(a)?;
-                out.bytes += v.len();
-                batch.insert(&self.accounts, group_id.as_bytes(), v);
-            }
+        for (group_id, v) in &p.accounts {
+            batch.insert(&self.accounts, group_id.as_bytes(), v.as_slice());
         }
         let seq = self.timeline_seq.load(Ordering::Relaxed);
-        if !changes.timeline.is_empty() {
-            let v = postcard::to_allocvec(&changes.timeline)?;
-            out.bytes += v.len();
-            batch.insert(&self.timeline, seq.to_be_bytes(), v);
+        if let Some(v) = &p.timeline {
+            batch.insert(&self.timeline, seq.to_be_bytes(), v.as_slice());
             batch.insert(&self.meta, TIMELINE_SEQ, (seq + 1).to_be_bytes());
         }
-        out.records = changes.profiles.len()
-            + changes.removed_profiles.len()
-            + changes.accounts.len()
-            + usize::from(!changes.timeline.is_empty());
-        batch.insert(&self.meta, CHECKPOINT, checkpoint.to_be_bytes());
-        batch.insert(&self.meta, NEXT_ID, graph.next_id().to_be_bytes());
+        batch.insert(&self.meta, CHECKPOINT, p.checkpoint.to_be_bytes());
+        batch.insert(&self.meta, NEXT_ID, p.next_id.to_be_bytes());
         batch.insert(&self.meta, FORMAT_KEY, FORMAT.to_be_bytes());
         batch.commit().context("committing the state store")?;
-        if !changes.timeline.is_empty() {
+        if p.timeline.is_some() {
             self.timeline_seq.store(seq + 1, Ordering::Relaxed);
         }
-        Ok(out)
+        Ok(p.committed)
     }
 
     /// Writes the whole graph into an empty store in chunks; the checkpoint goes in the last
