@@ -145,6 +145,9 @@ pub struct UnifySuiteArgs {
     /// Offered /v1/batch rates (events/s) of the live variant, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "50000")]
     pub live_rates: Vec<f64>,
+    /// Freshness probes sent during each live run (0: none).
+    #[arg(long, default_value_t = 500)]
+    pub live_freshness: usize,
     /// Measured seconds of each live run (after 2 s of warm-up).
     #[arg(long, default_value_t = 20.0)]
     pub live_seconds: f64,
@@ -489,6 +492,8 @@ fn prepare(
             .and_then(|t| serde_json::from_str(&t).ok())
     };
 
+    // A regenerated data set invalidates the data dir and the pairs; each also redoes itself
+    // when its marker is missing.
     let mut redo = args.fresh;
     let generate = match read_marker(&gen_marker).filter(|_| !redo) {
         Some(v) => {
@@ -529,7 +534,6 @@ fn prepare(
             v
         }
         None => {
-            redo = true;
             let _ = fs::remove_file(&import_marker);
             if data_dir.exists() {
                 fs::remove_dir_all(&data_dir)?;
@@ -1074,6 +1078,7 @@ fn rebuild_run(
         .stdout(fs::File::create(&out_path)?)
         .stderr(fs::File::create(&err_path)?);
     let fresh_state = data_dir.join("state.rebuild");
+    let busy_before = sysinfo::machine_busy_seconds(ticks);
     let started = Instant::now();
     let mut child = cmd.spawn().context("starting junction rebuild")?;
     let pid = child.id();
@@ -1097,6 +1102,7 @@ fn rebuild_run(
         std::thread::sleep(Duration::from_millis(10));
     };
     let wall = started.elapsed().as_secs_f64();
+    let busy_after = sysinfo::machine_busy_seconds(ticks);
     let stdout = fs::read_to_string(&out_path).unwrap_or_default();
     let stderr = fs::read_to_string(&err_path).unwrap_or_default();
     let _ = fs::remove_file(&out_path);
@@ -1167,6 +1173,10 @@ fn rebuild_run(
         f.push(("main_cpu_s", main));
         f.push(("reader_cpu_s", reader));
         f.push(("other_cpu_s", (total - main - reader).max(0.0)));
+        // Noise: CPU time the rest of the machine used meanwhile.
+        if let (Some(a), Some(b)) = (busy_before, busy_after) {
+            f.push(("others_cpu_s", (b - a - total).max(0.0)));
+        }
     }
     let detail = json!({
         "figures": figures_json(&f),
@@ -1201,6 +1211,20 @@ struct Sample {
     applied: f64,
     lag: f64,
     unify_cpu: f64,
+    /// Busy CPU seconds of the whole machine, the server and this process.
+    machine_busy: f64,
+    server_cpu: f64,
+    self_cpu: f64,
+}
+
+impl Sample {
+    /// CPU seconds used by other processes between `self` and `later`.
+    fn others_cpu(&self, later: &Sample) -> f64 {
+        ((later.machine_busy - self.machine_busy)
+            - (later.server_cpu - self.server_cpu)
+            - (later.self_cpu - self.self_cpu))
+            .max(0.0)
+    }
 }
 
 impl ServerCtx<'_> {
@@ -1361,6 +1385,9 @@ impl ServerCtx<'_> {
                 applied,
                 lag,
                 unify_cpu,
+                machine_busy: sysinfo::machine_busy_seconds(self.ticks).unwrap_or(0.0),
+                server_cpu: sysinfo::cpu_seconds(pid, self.ticks).unwrap_or(0.0),
+                self_cpu: sysinfo::cpu_seconds(std::process::id(), self.ticks).unwrap_or(0.0),
             },
             text,
         ))
@@ -1437,6 +1464,8 @@ impl ServerCtx<'_> {
             "unify_thread_cpu_share",
             (last.unify_cpu - first.unify_cpu) / catch_up_s,
         ));
+        f.push(("server_cpu_s", last.server_cpu - first.server_cpu));
+        f.push(("others_cpu_s", first.others_cpu(&last)));
         let metric = |name: &str| prometheus_sum(&last_text, name);
         for (key, name) in [
             ("merges", "junction_unify_merges_total"),
@@ -1482,17 +1511,7 @@ impl ServerCtx<'_> {
         let merges_before = self
             .metrics(target)
             .and_then(|t| prometheus_sum(&t, "junction_unify_merges_total"));
-        let tokens: Vec<String> = (0..PROFILE_TOKENS).map(profile_token).collect();
-        let mut cmd = pinned(self.pin, &self.args.client_cpu, self.self_exe);
-        cmd.args(["unify-freshness", "--url", url, "--write-key", WRITE_KEY])
-            .args(["--workspace", WORKSPACE, "--tokens", &tokens.join(",")])
-            .args(["--count", &self.args.freshness.to_string()])
-            .args([
-                "--concurrency",
-                &self.args.freshness_concurrency.to_string(),
-            ])
-            .args(["--poll-ms", &self.args.poll_ms.to_string(), "--json"]);
-        let v = run_json(cmd)?;
+        let v = run_json(self.freshness_cmd(url, self.args.freshness))?;
         let merges_after = self
             .metrics(target)
             .and_then(|t| prometheus_sum(&t, "junction_unify_merges_total"));
@@ -1510,6 +1529,7 @@ impl ServerCtx<'_> {
             ("visible_at_first_poll", v["visible_at_first_poll"].as_f64()),
             ("polls_per_probe", v["polls_per_probe"].as_f64()),
             ("rate_limited", v["rate_limited"].as_f64()),
+            ("slow_probes", v["slow_probes"]["count"].as_f64()),
         ] {
             if let Some(x) = val {
                 f.push((key, x));
@@ -1522,6 +1542,20 @@ impl ServerCtx<'_> {
         Ok((f, detail))
     }
 
+    fn freshness_cmd(&self, url: &str, count: usize) -> Command {
+        let tokens: Vec<String> = (0..PROFILE_TOKENS).map(profile_token).collect();
+        let mut cmd = pinned(self.pin, &self.args.client_cpu, self.self_exe);
+        cmd.args(["unify-freshness", "--url", url, "--write-key", WRITE_KEY])
+            .args(["--workspace", WORKSPACE, "--tokens", &tokens.join(",")])
+            .args(["--count", &count.to_string()])
+            .args([
+                "--concurrency",
+                &self.args.freshness_concurrency.to_string(),
+            ])
+            .args(["--poll-ms", &self.args.poll_ms.to_string(), "--json"]);
+        cmd
+    }
+
     fn live(
         &self,
         target: &Target,
@@ -1530,26 +1564,38 @@ impl ServerCtx<'_> {
         server_pid: u32,
     ) -> Result<(Figures, Value)> {
         const WARMUP: f64 = 2.0;
+        let out_path = self.dir.join(format!("live-{}.out", std::process::id()));
+        let err_path = self.dir.join(format!("live-{}.err", std::process::id()));
         let mut cmd = pinned(self.pin, &self.args.client_cpu, self.self_exe);
         cmd.args(["load", "--url", url, "--write-key", WRITE_KEY])
             .args(["--route", "batch", "--rate", &rate.to_string()])
             .args(["--seconds", &self.args.live_seconds.to_string()])
             .args(["--warmup", &WARMUP.to_string(), "--seed", "77", "--json"])
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+            .stdout(fs::File::create(&out_path)?)
+            .stderr(fs::File::create(&err_path)?);
+        let merges_before = self
+            .metrics(target)
+            .and_then(|t| prometheus_sum(&t, "junction_unify_merges_total"));
         let t0 = Instant::now();
-        let child = cmd.spawn().context("starting the load generator")?;
+        let mut child = cmd.spawn().context("starting the load generator")?;
+        // Freshness probes while the load runs, in a thread (the probes' client is pinned too).
+        let probes = if self.args.parts.contains(&Part::Freshness) {
+            self.args.live_freshness
+        } else {
+            0
+        };
+        let fresh_thread = (probes > 0).then(|| {
+            let cmd = self.freshness_cmd(url, probes);
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_secs_f64(WARMUP));
+                run_json(cmd)
+            })
+        });
         let every = Duration::from_secs_f64(self.args.metrics_poll_ms / 1e3);
         let mut samples: Vec<Sample> = Vec::new();
-        let child = Arc::new(std::sync::Mutex::new(child));
-        let done = |c: &Arc<std::sync::Mutex<std::process::Child>>| {
-            c.lock()
-                .map(|mut c| matches!(c.try_wait(), Ok(Some(_))))
-                .unwrap_or(true)
-        };
         let mut next_poll = Instant::now();
-        while !done(&child) {
+        while child.try_wait()?.is_none() {
             if let Some((s, _)) = self.sample(target, t0, server_pid) {
                 samples.push(s);
             }
@@ -1575,23 +1621,30 @@ impl ServerCtx<'_> {
             }
             std::thread::sleep(every);
         }
-        let child = Arc::try_unwrap(child)
-            .map_err(|_| anyhow::anyhow!("load generator handle still shared"))?
-            .into_inner()
-            .map_err(|_| anyhow::anyhow!("poisoned"))?;
-        let out = child.wait_with_output()?;
+        let status = child.wait()?;
+        let stdout = fs::read_to_string(&out_path).unwrap_or_default();
+        let stderr = fs::read_to_string(&err_path).unwrap_or_default();
+        let _ = fs::remove_file(&out_path);
+        let _ = fs::remove_file(&err_path);
         anyhow::ensure!(
-            out.status.success(),
-            "load generator failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
+            status.success(),
+            "load generator failed ({status}): {}",
+            stderr.trim()
         );
-        let stdout = String::from_utf8_lossy(&out.stdout);
         let load: Value = stdout
             .lines()
             .rev()
             .find(|l| !l.trim().is_empty())
             .context("no output from the load generator")
             .and_then(|l| serde_json::from_str(l).context("parsing the load generator's JSON"))?;
+        let fresh: Option<Result<Value, String>> = fresh_thread.map(|t| {
+            t.join()
+                .map_err(|_| "the freshness thread panicked".to_string())
+                .and_then(|r| r.map_err(|e| format!("{e:#}")))
+        });
+        let merges_after = self
+            .metrics(target)
+            .and_then(|t| prometheus_sum(&t, "junction_unify_merges_total"));
         let measured: Vec<&Sample> = samples
             .iter()
             .filter(|s| s.t >= WARMUP && s.t <= load_end)
@@ -1638,6 +1691,22 @@ impl ServerCtx<'_> {
         if let Some(d) = drained_at {
             f.push(("drain_s", d.max(0.0)));
         }
+        if let Some(Ok(v)) = &fresh {
+            for (key, val) in [
+                ("fresh_probes", v["ok"].as_f64()),
+                ("fresh_failures", v["failures"].as_f64()),
+                ("fresh_p50_ms", v["visible"]["p50_ms"].as_f64()),
+                ("fresh_p99_ms", v["visible"]["p99_ms"].as_f64()),
+                ("fresh_max_ms", v["visible"]["max_ms"].as_f64()),
+            ] {
+                if let Some(x) = val {
+                    f.push((key, x));
+                }
+            }
+        }
+        if let (Some(a), Some(b)) = (merges_before, merges_after) {
+            f.push(("merges", b - a));
+        }
         let by_second: Vec<Value> = {
             let mut out = Vec::new();
             let mut second = 0usize;
@@ -1654,8 +1723,12 @@ impl ServerCtx<'_> {
             out.push(json!(max));
             out
         };
-        let detail =
-            json!({"figures": figures_json(&f), "max_lag_by_second": by_second, "load": load});
+        let fresh = match fresh {
+            Some(Ok(v)) => v,
+            Some(Err(e)) => json!({"error": e}),
+            None => Value::Null,
+        };
+        let detail = json!({"figures": figures_json(&f), "max_lag_by_second": by_second, "load": load, "freshness": fresh});
         Ok((f, detail))
     }
 }
@@ -1723,6 +1796,8 @@ struct ProbeStats {
     rate_limited: u64,
     statuses: std::collections::BTreeMap<u16, u64>,
     errors: Vec<String>,
+    /// Probes over the target: (probe, seconds since the client started, ms).
+    slow: Vec<(usize, f64, f64)>,
 }
 
 pub fn freshness(args: &FreshnessArgs) -> Result<()> {
@@ -1772,7 +1847,17 @@ pub fn freshness(args: &FreshnessArgs) -> Result<()> {
                         }
                     }
                     let c = conn.as_mut().expect("connected");
-                    let r = probe(c, &args, nonce, i, &write_auth, &tokens, &turn, &mut st).await;
+                    let r = probe(
+                        c,
+                        &args,
+                        (nonce, started),
+                        i,
+                        &write_auth,
+                        &tokens,
+                        &turn,
+                        &mut st,
+                    )
+                    .await;
                     if let Err(e) = r {
                         st.failures += 1;
                         if st.errors.len() < 10 {
@@ -1797,12 +1882,14 @@ pub fn freshness(args: &FreshnessArgs) -> Result<()> {
                     *all.statuses.entry(k).or_default() += v;
                 }
                 all.errors.extend(st.errors);
+                all.slow.extend(st.slow);
             }
         }
         all
     });
     let seconds = started.elapsed().as_secs_f64();
     let mut stats = stats;
+    stats.slow.sort_by(|a, b| a.1.total_cmp(&b.1));
     let visible = stats.visible.summary();
     let identify = stats.identify.summary();
     let ok = visible.count;
@@ -1818,6 +1905,11 @@ pub fn freshness(args: &FreshnessArgs) -> Result<()> {
         "rate_limited": stats.rate_limited,
         "poll_statuses": stats.statuses.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
         "errors": stats.errors,
+        "slow_probes": {
+            "over_ms": TARGET_FRESHNESS_P99_MS,
+            "count": stats.slow.len(),
+            "first": stats.slow.iter().take(20).map(|(i, t, ms)| json!({"probe": i, "at_s": round3(*t), "ms": round3(*ms)})).collect::<Vec<_>>(),
+        },
     });
     if args.json {
         println!("{v}");
@@ -1840,7 +1932,7 @@ pub fn freshness(args: &FreshnessArgs) -> Result<()> {
 async fn probe(
     c: &mut Http,
     args: &FreshnessArgs,
-    nonce: i64,
+    (nonce, started): (i64, Instant),
     i: usize,
     write_auth: &HeaderValue,
     tokens: &[HeaderValue],
@@ -1905,7 +1997,12 @@ async fn probe(
             st.rate_limited += 1;
         }
         if status == 200 && body.windows(needle.len()).any(|w| w == needle.as_bytes()) {
-            st.visible.record(acked.elapsed().as_nanos() as u64);
+            let visible = acked.elapsed();
+            st.visible.record(visible.as_nanos() as u64);
+            let ms = visible.as_secs_f64() * 1e3;
+            if ms > TARGET_FRESHNESS_P99_MS {
+                st.slow.push((i, (acked - started).as_secs_f64(), ms));
+            }
             st.polls += polls;
             if polls == 1 {
                 st.first_poll += 1;
@@ -1940,6 +2037,13 @@ struct Report<'a> {
     baseline: Option<&'a Result<Value, String>>,
     variants: &'a [Variant],
     server: &'a ServerPhase,
+}
+
+/// Whether other processes took more than 10% of one CPU during a rebuild.
+fn noisy(f: &Figures) -> bool {
+    get(f, "others_cpu_s")
+        .zip(get(f, "wall_s"))
+        .is_some_and(|(o, w)| o > 0.1 * w)
 }
 
 fn verdict(pass: Option<bool>) -> &'static str {
@@ -2085,6 +2189,14 @@ impl Report<'_> {
             if failed > 0 {
                 let _ = write!(label, " ({failed} of {} runs failed)", v.runs.len());
             }
+            let noisy_runs = v
+                .runs
+                .iter()
+                .filter(|r| r.as_ref().is_ok_and(|(f, _)| noisy(f)))
+                .count();
+            if noisy_runs > 0 {
+                let _ = write!(label, " ({noisy_runs} noisy)");
+            }
             let state = if v.durable {
                 format!(
                     "{} / {}",
@@ -2161,7 +2273,7 @@ impl Report<'_> {
                 "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"
             );
             match fr {
-                Ok((f, _)) => {
+                Ok((f, d)) => {
                     let gf = |k| get(f, k);
                     let pass = gf("p99_ms")
                         .map(|p| p <= TARGET_FRESHNESS_P99_MS && gf("failures") == Some(0.0));
@@ -2182,6 +2294,26 @@ impl Report<'_> {
                         TARGET_FRESHNESS_P99_MS,
                         verdict(pass),
                     );
+                    if let Some(slow) = d["client"]["slow_probes"]["first"].as_array()
+                        && !slow.is_empty()
+                    {
+                        let list: Vec<String> = slow
+                            .iter()
+                            .map(|p| {
+                                format!(
+                                    "{} ms at {} s",
+                                    fmt_num(p["ms"].as_f64(), 0),
+                                    fmt_num(p["at_s"].as_f64(), 2)
+                                )
+                            })
+                            .collect();
+                        let _ = writeln!(
+                            md,
+                            "\nProbes over {TARGET_FRESHNESS_P99_MS} ms: {} ({}; times from the first probe).",
+                            fmt_num(gf("slow_probes"), 0),
+                            list.join(", ")
+                        );
+                    }
                 }
                 Err(e) => {
                     let _ = writeln!(
@@ -2200,16 +2332,16 @@ impl Report<'_> {
             );
             let _ = writeln!(
                 md,
-                "| Offered events/s | acked events/s | applied events/s | lag p50 / p99 / max (events) | drain after load s | unify thread busy | ingest p99 ms | errors |"
+                "| Offered events/s | acked events/s | applied events/s | lag p50 / p99 / max (events) | drain after load s | unify thread busy | ingest p99 ms | errors | merge visible p50 / p99 / max ms (probes) |"
             );
-            let _ = writeln!(md, "|---:|---:|---:|---|---:|---:|---:|---:|");
+            let _ = writeln!(md, "|---:|---:|---:|---|---:|---:|---:|---:|---|");
             for (rate, r) in &self.server.live {
                 match r {
                     Ok((f, _)) => {
                         let gl = |k| get(f, k);
                         let _ = writeln!(
                             md,
-                            "| {} | {} | {} | {} / {} / {} | {} | {}% | {} | {} |",
+                            "| {} | {} | {} | {} / {} / {} | {} | {}% | {} | {} | {} |",
                             group_thousands(*rate as i64),
                             fmt_num(gl("acked_events_per_s"), 0),
                             fmt_num(gl("applied_events_per_s"), 0),
@@ -2220,12 +2352,23 @@ impl Report<'_> {
                             fmt_num(gl("unify_thread_cpu_share").map(|x| x * 100.0), 0),
                             fmt_num(gl("p99_ms"), 2),
                             fmt_num(gl("errors"), 0),
+                            match gl("fresh_probes") {
+                                Some(n) => format!(
+                                    "{} / {} / {} ({}, {} failed)",
+                                    fmt_num(gl("fresh_p50_ms"), 2),
+                                    fmt_num(gl("fresh_p99_ms"), 2),
+                                    fmt_num(gl("fresh_max_ms"), 2),
+                                    fmt_num(Some(n), 0),
+                                    fmt_num(gl("fresh_failures"), 0)
+                                ),
+                                None => "—".into(),
+                            },
                         );
                     }
                     Err(e) => {
                         let _ = writeln!(
                             md,
-                            "| {} | FAILED: {} | | | | | | |",
+                            "| {} | FAILED: {} | | | | | | | |",
                             group_thousands(*rate as i64),
                             e.lines().next().unwrap_or("")
                         );
@@ -2277,7 +2420,7 @@ impl Report<'_> {
                         let gf = |k| get(f, k);
                         let _ = writeln!(
                             md,
-                            "  - run {}: {} s (wall {} s{}), {} events/s, peak RSS {} MiB, CPU-s main {} / reader {} / other {}{}",
+                            "  - run {}: {} s (wall {} s{}), {} events/s, peak RSS {} MiB, CPU-s main {} / reader {} / other {}{}; other processes {} CPU-s{}",
                             i + 1,
                             fmt_num(gf("seconds"), 2),
                             fmt_num(gf("wall_s"), 2),
@@ -2295,6 +2438,8 @@ impl Report<'_> {
                                 Some(b) => format!(", state {} MB", fmt_num(Some(b / 1e6), 0)),
                                 None => String::new(),
                             },
+                            fmt_num(gf("others_cpu_s"), 2),
+                            if noisy(f) { " (NOISY)" } else { "" },
                         );
                     }
                     Err(e) => {
@@ -2312,7 +2457,7 @@ impl Report<'_> {
             let gs = |k| get(f, k);
             let _ = writeln!(
                 md,
-                "- Streaming catch-up: first /metrics answer {} s after the start (applied {} by then), caught up {} s after the start ({} events/s from the start); median 1 s rate {} events/s; {} commits, {} s in commits (p50 ≤ {} ms, p99 ≤ {} ms); server peak RSS {} MiB; shutdown {} s",
+                "- Streaming catch-up: first /metrics answer {} s after the start (applied {} by then), caught up {} s after the start ({} events/s from the start); median 1 s rate {} events/s; {} commits, {} s in commits (p50 ≤ {} ms, p99 ≤ {} ms); server CPU {} s, other processes {} CPU-s meanwhile{}; server peak RSS {} MiB; shutdown {} s",
                 fmt_num(gs("startup_s"), 2),
                 fmt_num(gs("applied_at_first_poll"), 0),
                 fmt_num(gs("total_s"), 2),
@@ -2322,6 +2467,16 @@ impl Report<'_> {
                 fmt_num(gs("commit_seconds_total"), 2),
                 fmt_num(gs("commit_p50_le_ms"), 1),
                 fmt_num(gs("commit_p99_le_ms"), 1),
+                fmt_num(gs("server_cpu_s"), 2),
+                fmt_num(gs("others_cpu_s"), 2),
+                if gs("others_cpu_s")
+                    .zip(gs("catch_up_s"))
+                    .is_some_and(|(o, t)| o > 0.1 * t)
+                {
+                    " (NOISY)"
+                } else {
+                    ""
+                },
                 fmt_num(gs("server_peak_rss_mib_end"), 0),
                 fmt_num(gs("shutdown_s"), 2),
             );

@@ -20,10 +20,27 @@ use super::rules::{Rules, kinds};
 use crate::timestamp;
 
 /// An identifier candidate: `(type, value)`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialOrd, Ord)]
 pub struct IdKey {
     pub kind: Arc<str>,
     pub value: Box<str>,
+}
+
+impl PartialEq for IdKey {
+    fn eq(&self, other: &IdKey) -> bool {
+        // Type names are interned by the rules: usually the same allocation.
+        self.value == other.value
+            && (Arc::ptr_eq(&self.kind, &other.kind) || self.kind == other.kind)
+    }
+}
+
+impl Eq for IdKey {}
+
+impl std::hash::Hash for IdKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.kind.hash(state);
+        self.value.hash(state);
+    }
 }
 
 impl IdKey {

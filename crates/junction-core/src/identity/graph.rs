@@ -95,6 +95,8 @@ pub struct Graph {
     removed: HashSet<ProfileId>,
     dirty_accounts: HashSet<Box<str>>,
     timeline: Vec<TimelineOp>,
+    /// Off for a one-shot replay (`rebuild`), which writes the whole graph at the end.
+    track_changes: bool,
     counters: Counters,
 }
 
@@ -120,7 +122,16 @@ impl Graph {
             removed: HashSet::default(),
             dirty_accounts: HashSet::default(),
             timeline: Vec::new(),
+            track_changes: true,
             counters: Counters::default(),
+        }
+    }
+
+    /// A graph that does not record changes for persistence (see [`Graph::take_changes`]).
+    pub fn untracked(rules: Rules) -> Graph {
+        Graph {
+            track_changes: false,
+            ..Graph::new(rules)
         }
     }
 
@@ -450,7 +461,9 @@ impl Graph {
             profile.identifiers.extend(loser.identifiers);
             merge_traits(&mut profile.traits, loser.traits);
             profile.metadata.absorb(&loser.metadata);
-            self.timeline.push(TimelineOp::Move(loser_id, survivor));
+            if self.track_changes {
+                self.timeline.push(TimelineOp::Move(loser_id, survivor));
+            }
             merge_events(&mut profile.events, loser.events);
             profile.accounts.extend(loser.accounts);
             profile.merges.extend(loser.merges);
@@ -490,7 +503,9 @@ impl Graph {
             timestamp_ms: obs.timestamp_ms,
         };
         profile.events.push(event);
-        self.timeline.push(TimelineOp::Add(id, event));
+        if self.track_changes {
+            self.timeline.push(TimelineOp::Add(id, event));
+        }
         if obs.traits.len() < MAX_TRAITS_PER_EVENT {
             for (key, json) in &obs.traits {
                 applied.traits_changed |= set_trait_with(

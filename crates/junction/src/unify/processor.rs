@@ -192,7 +192,7 @@ pub fn replay(
     rules: junction_core::identity::Rules,
     progress: &mut dyn FnMut(u64, u64),
 ) -> anyhow::Result<(Graph, u64)> {
-    let mut graph = Graph::new(rules.clone());
+    let mut graph = Graph::untracked(rules.clone());
     let pipeline = Pipeline::start(log_dir, 0, rules, Arc::default())?;
     let (mut next, mut count) = (0u64, 0u64);
     for slice in pipeline.slices.iter() {
