@@ -188,25 +188,16 @@ pub fn run(args: &SuiteArgs) -> Result<()> {
             "version = 1\n\n[[sources]]\nname = \"bench\"\nwrite_key = \"{WRITE_KEY}\"\n\n[[tokens]]\nname = \"admin\"\nsecret = \"{ADMIN_TOKEN}\"\nscopes = [\"admin\"]\n"
         ),
     )?;
-    let loadavg = fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let version = Command::new(&junction)
-        .arg("--version")
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-    let started_at = crate::timefmt::Rfc3339Millis(crate::timefmt::now_millis()).to_string();
-
+    let RunStart {
+        loadavg,
+        version,
+        started_at,
+    } = RunStart::read(&junction, &machine, &command_line, pin, args.json);
     let progress = |msg: &str| {
         if !args.json {
             eprintln!("{msg}");
         }
     };
-    progress(&format!("machine: {}", machine.line()));
-    progress(&format!("command: {command_line}"));
-    progress(&format!("load average at start: {}", loadavg.trim()));
-    if !pin {
-        progress("warning: not pinning processes (taskset missing, --no-pin, or a single CPU)");
-    }
 
     let self_exe = std::env::current_exe().context("locating junction-bench itself")?;
     let fsync = if args.fsync_seconds > 0.0 {
@@ -1017,6 +1008,45 @@ fn render_markdown(
         "\nLatency is measured by the client from the request's send time (closed loop) or intended send time (open loop) to the end of the response. \"used\" is the log directory's allocated blocks (preallocated segments count in full), \"apparent\" its file sizes, \"written\" the frame bytes counted by `junction_ingest_bytes_total` from /metrics; events/fdatasync divides acknowledged events by `junction_log_fsync_seconds_count`; all are divided by the events acknowledged with 200 over the whole run, warm-up included, as is server CPU time. \"other processes\" is the machine's busy CPU time during the load minus the server's and the load generator's: interference from the rest of the machine; a run where it exceeds 10% of one CPU is marked noisy."
     );
     md
+}
+
+/// What a suite records when it starts, after printing the machine, the command and the load.
+pub(crate) struct RunStart {
+    pub loadavg: String,
+    pub version: Option<String>,
+    pub started_at: String,
+}
+
+impl RunStart {
+    pub(crate) fn read(
+        junction: &std::path::Path,
+        machine: &Machine,
+        command_line: &str,
+        pin: bool,
+        quiet: bool,
+    ) -> RunStart {
+        let loadavg = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        let version = Command::new(junction)
+            .arg("--version")
+            .output()
+            .ok()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+        if !quiet {
+            eprintln!("machine: {}", machine.line());
+            eprintln!("command: {command_line}");
+            eprintln!("load average at start: {}", loadavg.trim());
+            if !pin {
+                eprintln!(
+                    "warning: not pinning processes (taskset missing, --no-pin, or a single CPU)"
+                );
+            }
+        }
+        RunStart {
+            loadavg,
+            version,
+            started_at: crate::timefmt::Rfc3339Millis(crate::timefmt::now_millis()).to_string(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -309,24 +309,16 @@ fn run_in(
 ) -> Result<()> {
     let config = dir.join("junction.toml");
     fs::write(&config, config_text())?;
-    let loadavg = fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let version = Command::new(junction)
-        .arg("--version")
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
-    let started_at = crate::timefmt::Rfc3339Millis(crate::timefmt::now_millis()).to_string();
+    let crate::suite::RunStart {
+        loadavg,
+        version,
+        started_at,
+    } = crate::suite::RunStart::read(junction, machine, command_line, pin, args.json);
     let progress = |msg: &str| {
         if !args.json {
             eprintln!("{msg}");
         }
     };
-    progress(&format!("machine: {}", machine.line()));
-    progress(&format!("command: {command_line}"));
-    progress(&format!("load average at start: {}", loadavg.trim()));
-    if !pin {
-        progress("warning: not pinning processes (taskset missing, --no-pin, or a single CPU)");
-    }
     let self_exe = std::env::current_exe().context("locating junction-bench itself")?;
     let ticks = sysinfo::clock_ticks();
 

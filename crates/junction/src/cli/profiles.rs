@@ -442,6 +442,22 @@ fn id_of(e: &Value) -> String {
     format!("{}:{}", s(&e["type"]), s(&e["id"]))
 }
 
+/// One aligned line per identifier: which message added it, from which source, when.
+fn write_identifiers(out: &mut String, ids: &[Value]) {
+    use std::fmt::Write as _;
+    let width = ids.iter().map(|e| id_of(e).len()).max().unwrap_or(0);
+    for e in ids {
+        let _ = writeln!(
+            out,
+            "  {:<width$}  added by message {} (source {}) at {}",
+            id_of(e),
+            s(&e["first_message_id"]),
+            s(&e["source_id"]),
+            s(&e["created_at"]),
+        );
+    }
+}
+
 /// The readable form of `get`.
 fn summary(id: &str, collection: Collection, b: &Value) -> String {
     use std::fmt::Write as _;
@@ -463,17 +479,7 @@ fn summary(id: &str, collection: Collection, b: &Value) -> String {
         .cloned()
         .unwrap_or_default();
     let _ = writeln!(out, "\nidentifiers ({}):", ids.len());
-    let width = ids.iter().map(|e| id_of(e).len()).max().unwrap_or(0);
-    for e in &ids {
-        let _ = writeln!(
-            out,
-            "  {:<width$}  first seen {} in message {} (source {})",
-            id_of(e),
-            s(&e["created_at"]),
-            s(&e["first_message_id"]),
-            s(&e["source_id"]),
-        );
-    }
+    write_identifiers(&mut out, &ids);
     let traits = b["traits"]["traits"]
         .as_object()
         .cloned()
@@ -562,17 +568,7 @@ fn explanation(id: &str, b: &Value) -> String {
         merges.len()
     );
     let _ = writeln!(out, "\nidentifiers (first seen first):");
-    let width = ids.iter().map(|e| id_of(e).len()).max().unwrap_or(0);
-    for e in &ids {
-        let _ = writeln!(
-            out,
-            "  {:<width$}  added by message {} (source {}) at {}",
-            id_of(e),
-            s(&e["first_message_id"]),
-            s(&e["source_id"]),
-            s(&e["created_at"]),
-        );
-    }
+    write_identifiers(&mut out, &ids);
     if merges.is_empty() {
         let _ = writeln!(
             out,
