@@ -289,7 +289,13 @@ pub fn observe(json: &[u8], rules: &Rules) -> Result<Observed, ObserveError> {
             }
         }
     }
-    let integrations = members(ev.integrations);
+    // Parsed only when it can hold the Google Analytics client id (most events name other
+    // destinations, or none).
+    let integrations = ev
+        .integrations
+        .filter(|raw| raw.get().contains("Google Analytics"))
+        .map(|raw| members(Some(raw)))
+        .unwrap_or_default();
     if let Some(ga) = integrations.get("Google Analytics") {
         push(
             kinds::GA_CLIENT_ID,
