@@ -724,6 +724,11 @@ fn medians(runs: &[Result<RunOutcome, String>]) -> Figures {
         .filter_map(|r| r.as_ref().ok())
         .map(|o| &o.figures)
         .collect();
+    median_figures(&ok)
+}
+
+/// Per figure of the first run, the median over every run that has it.
+pub(crate) fn median_figures(ok: &[&Figures]) -> Figures {
     let Some(first) = ok.first() else {
         return Vec::new();
     };

@@ -221,16 +221,7 @@ fn medians(runs: &[Outcome]) -> Figures {
         .filter_map(|r| r.as_ref().ok())
         .map(|r| &r.0)
         .collect();
-    let Some(first) = ok.first() else {
-        return Vec::new();
-    };
-    first
-        .iter()
-        .filter_map(|(k, _)| {
-            let values: Vec<f64> = ok.iter().filter_map(|f| get(f, k)).collect();
-            median(&values).map(|m| (*k, m))
-        })
-        .collect()
+    crate::suite::median_figures(&ok)
 }
 
 fn figures_json(f: &Figures) -> Value {
