@@ -133,7 +133,9 @@ impl Dedup {
         let mut scanned = 0u64;
         let cutoff = dedup.cutoff(now_s);
         if log_dir.exists() {
-            let mut reader = LogReader::open(log_dir, from).context("cannot read the event log")?;
+            // Only ids and times are read: the identity-only reader skips most event bodies.
+            let mut reader =
+                LogReader::open_identities(log_dir, from).context("cannot read the event log")?;
             while let Some(rec) = reader.next_record().context("cannot read the event log")? {
                 scanned += 1;
                 let at = (rec.received_at_ms / 1000).clamp(0, PENDING as i64 - 1) as u32;

@@ -200,6 +200,7 @@ impl Ingestor {
                     fresh.iter().map(|&i| Entry {
                         message_id: &events[i].message_id,
                         json: &events[i].json,
+                        identity: &events[i].identity,
                     }),
                     self.log.codec(),
                 );

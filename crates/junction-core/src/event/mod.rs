@@ -131,6 +131,9 @@ pub struct Normalized {
     /// The normalized Segment event: one JSON object, compact at the top level, nested
     /// values copied as the client sent them.
     pub json: Vec<u8>,
+    /// What identity resolution reads of `json` ([`crate::identity::Projection`]), stored
+    /// next to it so the Unify processor need not parse whole events.
+    pub identity: Vec<u8>,
 }
 
 /// A batch item that was refused; the rest of the batch is kept.

@@ -388,7 +388,7 @@ pub(crate) fn normalize<'a>(
         integrations: present(f.integrations),
         ip_fill,
     };
-    let json = write_event(&obj, &plan, ctx, size)
+    let (json, identity) = write_event(&obj, &plan, ctx, size)
         .map_err(|e| err("invalid_field", format!("cannot merge: {e}")))?;
 
     let normalized = Normalized {
@@ -397,6 +397,7 @@ pub(crate) fn normalize<'a>(
         user_id: Id::into_owned(user_id),
         anonymous_id: Id::into_owned(anonymous_id),
         json,
+        identity,
     };
     Ok((normalized, f.write_key))
 }

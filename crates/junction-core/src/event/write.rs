@@ -5,11 +5,13 @@
 //! everything else byte for byte), with the server-decided members (`type`, `messageId`,
 //! `timestamp`, `originalTimestamp`, `sentAt`, `receivedAt`, merged `context`/`integrations`)
 //! written in place of the client's, or appended after them when the client had none.
+//! Alongside, it builds the event's identity [`Projection`] from the members it writes.
 
 use super::EventType;
 use super::context::{Ctx, IpFill, write_context};
 use super::merge::{write_key, write_merged, write_str};
 use super::raw::RawObject;
+use crate::identity::Projection;
 use crate::json::SplitError;
 use crate::timestamp;
 use std::borrow::Cow;
@@ -57,6 +59,19 @@ const MEMBERS: [Member; 8] = [
 ];
 
 impl Member {
+    fn key(self) -> &'static str {
+        match self {
+            Member::Type => "type",
+            Member::MessageId => "messageId",
+            Member::Timestamp => "timestamp",
+            Member::OriginalTimestamp => "originalTimestamp",
+            Member::SentAt => "sentAt",
+            Member::ReceivedAt => "receivedAt",
+            Member::Context => "context",
+            Member::Integrations => "integrations",
+        }
+    }
+
     fn of(key: &str) -> Option<Member> {
         Some(match key {
             "type" => Member::Type,
@@ -75,6 +90,8 @@ impl Member {
 struct Writer<'p, 'c> {
     buf: Vec<u8>,
     first: bool,
+    /// Where the value of the member being written starts in `buf`.
+    value_start: usize,
     plan: &'p Plan<'p>,
     ctx: &'c Ctx<'c>,
 }
@@ -88,6 +105,7 @@ impl Writer<'_, '_> {
         self.buf.push(b'"');
         self.buf.extend_from_slice(key);
         self.buf.extend_from_slice(b"\":");
+        self.value_start = self.buf.len();
     }
 
     #[allow(clippy::ptr_arg)] // the `Cow` variant says whether the key needs escaping
@@ -96,6 +114,12 @@ impl Writer<'_, '_> {
             self.buf.push(b',');
         }
         write_key(&mut self.buf, key);
+        self.value_start = self.buf.len();
+    }
+
+    /// The value written since the last key.
+    fn value(&self) -> &str {
+        std::str::from_utf8(&self.buf[self.value_start..]).unwrap_or("null")
     }
 
     fn quoted(&mut self, ascii: &[u8]) {
@@ -162,19 +186,21 @@ impl Writer<'_, '_> {
     }
 }
 
-/// Writes the stored event. See the module docs.
+/// Writes the stored event and its identity projection. See the module docs.
 pub(crate) fn write_event(
     obj: &RawObject<'_>,
     plan: &Plan<'_>,
     ctx: &Ctx<'_>,
     size_hint: usize,
-) -> Result<Vec<u8>, SplitError> {
+) -> Result<(Vec<u8>, Vec<u8>), SplitError> {
     let mut w = Writer {
         buf: Vec::with_capacity(size_hint + 192),
         first: true,
+        value_start: 0,
         plan,
         ctx,
     };
+    let mut projection = Projection::new();
     w.buf.push(b'{');
     let mut written = [false; MEMBERS.len()];
     let last = obj.last_occurrences();
@@ -188,6 +214,9 @@ pub(crate) fn write_event(
             // integrations with nothing to merge falls through to the byte copy below.
             let wrote = w.member(m)?;
             written[m as usize] = wrote;
+            if wrote {
+                projection.member(m.key(), w.value());
+            }
             if wrote || !matches!(m, Member::Context | Member::Integrations) {
                 continue;
             }
@@ -197,20 +226,21 @@ pub(crate) fn write_event(
                 w.client_key(k);
                 write_str(&mut w.buf, text);
             }
-            None if k == "writeKey" => {}
+            None if k == "writeKey" => continue,
             None => {
                 w.client_key(k);
                 w.buf.extend_from_slice(v.as_bytes());
             }
         }
+        projection.member(k.as_ref(), w.value());
     }
     for m in MEMBERS {
-        if !written[m as usize] {
-            w.member(m)?;
+        if !written[m as usize] && w.member(m)? {
+            projection.member(m.key(), w.value());
         }
     }
     w.buf.push(b'}');
-    Ok(w.buf)
+    Ok((w.buf, projection.finish()))
 }
 
 /// The text to store for an id the client sent as a number.

@@ -4,6 +4,7 @@
 //! log gives equal values. Trait values keep the JSON text they arrived with; the value with
 //! the latest event timestamp wins, ties broken by log offset ([`TraitValue::newer_than`]).
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -107,8 +108,10 @@ impl Metadata {
         if ev.offset >= self.last_offset {
             self.updated_ms = self.updated_ms.max(ev.received_at_ms);
             self.last_offset = ev.offset;
-            self.last_message_id = ev.message_id.as_str().into();
-            self.last_source = Arc::clone(&ev.source);
+            assign_str(&mut self.last_message_id, &ev.message_id);
+            if !Arc::ptr_eq(&self.last_source, &ev.source) {
+                self.last_source = Arc::clone(&ev.source);
+            }
         }
     }
 
@@ -129,29 +132,46 @@ impl Metadata {
     }
 }
 
+/// Sets `slot` to `value`, reusing its allocation when the length is the same (a profile's
+/// last message id changes with every event, its length rarely).
+fn assign_str(slot: &mut Box<str>, value: &str) {
+    if slot.len() == value.len() {
+        let mut reused = std::mem::take(slot).into_string();
+        reused.clear();
+        reused.push_str(value);
+        *slot = reused.into_boxed_str();
+    } else {
+        *slot = value.into();
+    }
+}
+
 pub type Traits = BTreeMap<Box<str>, TraitValue>;
 
 /// Sets `key` unless the stored value is newer.
-pub fn set_trait(traits: &mut Traits, key: &str, value: TraitValue) -> bool {
+pub fn set_trait(traits: &mut Traits, key: impl Into<Box<str>>, value: TraitValue) -> bool {
     set_trait_with(traits, key, value.timestamp_ms, value.offset, || value)
 }
 
 /// Like [`set_trait`], building the value only when it is stored.
 pub fn set_trait_with(
     traits: &mut Traits,
-    key: &str,
+    key: impl Into<Box<str>>,
     timestamp_ms: i64,
     offset: u64,
     value: impl FnOnce() -> TraitValue,
 ) -> bool {
-    match traits.get_mut(key) {
-        Some(old) if (timestamp_ms, offset) <= (old.timestamp_ms, old.offset) => false,
-        Some(old) => {
-            *old = value();
+    match traits.entry(key.into()) {
+        Entry::Occupied(old)
+            if (timestamp_ms, offset) <= (old.get().timestamp_ms, old.get().offset) =>
+        {
+            false
+        }
+        Entry::Occupied(mut old) => {
+            old.insert(value());
             true
         }
-        None => {
-            traits.insert(key.into(), value());
+        Entry::Vacant(slot) => {
+            slot.insert(value());
             true
         }
     }
@@ -160,7 +180,7 @@ pub fn set_trait_with(
 /// Merges `from` into `into`, per key keeping the newer value.
 pub fn merge_traits(into: &mut Traits, from: Traits) {
     for (k, v) in from {
-        set_trait(into, &k, v);
+        set_trait(into, k, v);
     }
 }
 

@@ -8,10 +8,10 @@
 //! is not configured (e.g. a new `context.externalIds` type) gets the default limit and ranks
 //! after every configured type.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use regex::Regex;
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 /// Identifier type names Junction derives itself.
 pub mod kinds {
@@ -142,7 +142,7 @@ pub fn parse_window(s: &str) -> Result<Option<i64>, String> {
 
 impl Rules {
     pub fn new(spec: &RulesSpec) -> Result<Rules, RulesError> {
-        let mut types: HashMap<Arc<str>, TypeRule> = HashMap::new();
+        let mut types: HashMap<Arc<str>, TypeRule> = HashMap::default();
         types.insert(
             kinds::USER_ID.into(),
             TypeRule {
@@ -278,10 +278,12 @@ impl Rules {
 
     /// Sort key: lower ranks first (higher priority). Unranked types follow by name.
     pub fn rank<'a>(&self, kind: &'a str) -> (u32, &'a str) {
-        match self.types.get(kind).and_then(|r| r.priority) {
-            Some(p) => (p, ""),
-            None => (u32::MAX, kind),
-        }
+        rank(self.priority(kind), kind)
+    }
+
+    /// The configured priority of `kind` ([`Rules::rank`] without the name).
+    pub fn priority(&self, kind: &str) -> Option<u32> {
+        self.types.get(kind).and_then(|r| r.priority)
     }
 
     /// A value that stays in the payload but never becomes an identifier.
@@ -294,9 +296,28 @@ impl Rules {
         if trimmed.bytes().all(|b| b == b'0' || b == b'-') {
             return true;
         }
-        (trimmed.len() <= self.blocked_exact_max
-            && self.blocked_exact.contains(&trimmed.to_lowercase()))
+        (trimmed.len() <= self.blocked_exact_max && self.is_blocked_exact(trimmed))
             || self.blocked_patterns.iter().any(|re| re.is_match(trimmed))
+    }
+
+    /// Compares case-insensitively; lowercase ASCII (most values) is looked up as it is.
+    fn is_blocked_exact(&self, trimmed: &str) -> bool {
+        if trimmed
+            .bytes()
+            .all(|b| b.is_ascii() && !b.is_ascii_uppercase())
+        {
+            self.blocked_exact.contains(trimmed)
+        } else {
+            self.blocked_exact.contains(&trimmed.to_lowercase())
+        }
+    }
+}
+
+/// [`Rules::rank`] of a type with the given priority.
+pub fn rank(priority: Option<u32>, kind: &str) -> (u32, &str) {
+    match priority {
+        Some(p) => (p, ""),
+        None => (u32::MAX, kind),
     }
 }
 

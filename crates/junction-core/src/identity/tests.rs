@@ -352,6 +352,41 @@ fn group_calls_build_accounts_linked_both_ways() {
     assert!(r.graph.profile(p).unwrap().accounts.contains("acme"));
 }
 
+#[test]
+fn identifier_values_match_exactly_whatever_their_length() {
+    // The owners table keeps values of up to 38 bytes inline and longer ones on the heap.
+    let values = [
+        "x".repeat(37),
+        "y".repeat(38),
+        "z".repeat(39),
+        format!("{}é", "w".repeat(37)), // 39 bytes, a two-byte character across the edge
+        "a-very-long-anonymous-identifier-value-0123456789".to_string(),
+        "ünïcödé".to_string(),
+    ];
+    let mut r = Run::new(Rules::default());
+    for (i, v) in values.iter().enumerate() {
+        r.send(track(json!({"anonymousId": v})), T0 + i as i64);
+    }
+    assert_eq!(r.graph.profile_count(), values.len());
+    for (i, v) in values.iter().enumerate() {
+        let p = r.graph.lookup("anonymous_id", v).expect("owned");
+        assert_eq!(&*p.identifiers[0].value, v.as_str());
+        let id = p.id;
+        // One character less or more is another (unseen) identifier.
+        let shorter: String = v.chars().take(v.chars().count() - 1).collect();
+        assert!(r.graph.lookup("anonymous_id", &shorter).is_none());
+        assert!(r.graph.lookup("anonymous_id", &format!("{v}0")).is_none());
+        // The same value again attaches to the same profile.
+        let again = r.send(track(json!({"anonymousId": v})), T0 + 100 + i as i64);
+        assert_eq!(again.profile, Some(id));
+    }
+    let mut owned: Vec<String> = r.graph.owners().map(|(k, _)| k.value.into()).collect();
+    owned.sort();
+    let mut expected = values.to_vec();
+    expected.sort();
+    assert_eq!(owned, expected);
+}
+
 // ---- properties ----
 
 fn arb_event() -> impl Strategy<Value = (serde_json::Value, i64)> {
@@ -445,6 +480,31 @@ proptest! {
         prop_assert_eq!(a.graph.canonical(), restored.graph.canonical());
     }
 
+    /// An untracked graph (a rebuild's replay) applies events exactly as a tracked one does,
+    /// and records no changes.
+    #[test]
+    fn untracked_graphs_reach_the_same_state(events in prop::collection::vec(arb_event(), 1..60)) {
+        let rules = windowed_rules();
+        let (tracked, applied) = run_all(&events, &rules);
+        let mut untracked = Graph::untracked(rules.clone());
+        for (offset, ((e, t), expected)) in events.iter().zip(&applied).enumerate() {
+            let mut e = e.clone();
+            e["timestamp"] = json!(crate::timestamp::format(*t));
+            let observed = observe(&serde_json::to_vec(&e).unwrap(), &rules).unwrap();
+            let meta = EventMeta {
+                offset: offset as u64,
+                received_at_ms: *t,
+                source: Arc::from("web"),
+                message_id: format!("m{offset}"),
+            };
+            prop_assert_eq!(&untracked.apply(&meta, observed), expected);
+        }
+        prop_assert_eq!(untracked.canonical(), tracked.graph.canonical());
+        let events_of = |g: &Graph| g.profiles().map(|p| (p.id, p.events.clone())).collect::<Vec<_>>();
+        prop_assert_eq!(events_of(&untracked), events_of(&tracked.graph));
+        prop_assert!(!untracked.has_changes());
+    }
+
     /// No profile holds more user_ids than its limit; every identifier ever owned stays
     /// owned by exactly one profile; every identifier of an event is owned afterwards
     /// unless blocked or reported dropped.
@@ -467,7 +527,7 @@ proptest! {
             for k in &ever_owned {
                 prop_assert!(r.graph.lookup(&k.kind, &k.value).is_some(), "{} no longer owned", k);
             }
-            ever_owned = r.graph.owners().map(|(k, _)| k.clone()).collect();
+            ever_owned = r.graph.owners().map(|(k, _)| k).collect();
             for p in r.graph.profiles() {
                 let users = p.identifiers.iter().filter(|i| &*i.kind == "user_id").count();
                 prop_assert!(users <= 1, "profile {} has {} user_ids", p.id, users);

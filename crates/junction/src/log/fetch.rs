@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use super::LogError;
-use super::format::SEGMENT_HEADER_LEN;
+use super::format::{SEGMENT_HEADER_LEN, Scratch};
 use super::reader::Record;
 use super::segment::{SegmentCursor, Step, list_segments};
 use super::writer::lock;
@@ -420,6 +420,7 @@ impl Segment<'_> {
         wanted: &[u64],
     ) -> Result<Attempt, LogError> {
         let mut records = Vec::new();
+        let mut scratch = Scratch::default();
         let mut walking = false;
         for group in &plan.groups {
             if !walking || cursor.next_offset < group.offset {
@@ -435,24 +436,25 @@ impl Segment<'_> {
                     Step::Frame { frame, end } => {
                         let frame_end = frame.end_offset();
                         if wanted[k] < frame_end {
-                            let mut entries =
-                                frame.entries().map_err(|reason| LogError::Corrupt {
+                            let decoded = frame.decode(&mut scratch, false).map_err(|reason| {
+                                LogError::Corrupt {
                                     segment: self.path.to_path_buf(),
                                     position: pos,
                                     reason,
-                                })?;
-                            let source: Arc<str> = frame.source.into();
-                            while k < group.wanted.end && wanted[k] < frame_end {
-                                let entry = &mut entries[(wanted[k] - frame.first_offset) as usize];
-                                if let Some(json) = entry.json.take() {
-                                    records.push(Record {
-                                        offset: wanted[k],
-                                        received_at_ms: frame.received_at_ms,
-                                        source: Arc::clone(&source),
-                                        message_id: std::mem::take(&mut entry.message_id),
-                                        json,
-                                    });
                                 }
+                            })?;
+                            let source: Arc<str> = frame.source.into();
+                            // `wanted[k]` is in this frame: the walk skipped the ones before.
+                            for (offset, entry) in (frame.first_offset..).zip(decoded.entries()) {
+                                if k == group.wanted.end || wanted[k] >= frame_end {
+                                    break;
+                                }
+                                if offset != wanted[k] {
+                                    continue;
+                                }
+                                let at = frame.received_at_ms;
+                                records
+                                    .extend(Record::from_entry(offset, at, &source, entry, false));
                                 k += 1;
                             }
                         }

@@ -4,21 +4,33 @@
 //! and [`PendingFrame::encode`]/[`parse_body`] are exact inverses; a frame's CRC (crc32c)
 //! covers its whole body, so a body that passes [`check_frame`] was written by a writer of
 //! this format and never has to be trusted byte by byte. The layout is documented in
-//! `log/mod.rs` and pinned by the `tests/fixtures/log-v1` fixture: change it only together
-//! with [`FORMAT_VERSION`].
+//! `log/mod.rs` and pinned by the `tests/fixtures/log-v1` and `tests/fixtures/log-v2`
+//! fixtures: change it only together with [`FORMAT_VERSION`].
+//!
+//! [`PendingFrame::encode`] writes version 2 frames only: the entries' message ids and
+//! identity projections in one block, their JSON in another, each compressed on its own.
+//! [`Frame::decode`] reads both layouts; asked for identities only, it leaves the JSON block
+//! of a version 2 frame compressed unless an entry has no projection to return.
 
 use super::Codec;
 
-/// Version written in every segment header; readers refuse other versions.
-pub const FORMAT_VERSION: u16 = 1;
+/// Version written in every new segment header.
+pub const FORMAT_VERSION: u16 = 2;
+/// Oldest segment version readers accept; version 1 segments hold only version 1 frames.
+pub const OLDEST_FORMAT_VERSION: u16 = 1;
 /// First 8 bytes of every segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"JNCTNLOG";
 /// Size of the segment header; the first frame starts at this byte.
 pub const SEGMENT_HEADER_LEN: u64 = 32;
 /// `[u32 frame_len][u32 crc32c]` before every body.
 pub const FRAME_HEADER_LEN: usize = 8;
-/// Body bytes before the source and payload: offset, count, time, codec, source_len, raw len.
-pub const MIN_BODY_LEN: usize = 8 + 4 + 8 + 1 + 1 + 4;
+/// Body bytes before the source name: offset, count, time, codec byte, source_len.
+const BODY_PREFIX_LEN: usize = 8 + 4 + 8 + 1 + 1;
+/// `[u8 codec][u32 raw_len][u32 stored_len]` before each block of a version 2 frame.
+const BLOCK_HEADER_LEN: usize = 1 + 4 + 4;
+/// Smallest possible body: the fixed fields of a version 1 frame (a version 2 frame's are
+/// larger), i.e. offset, count, time, codec, source_len, raw len.
+pub const MIN_BODY_LEN: usize = BODY_PREFIX_LEN + 4;
 /// Largest body accepted on write and on read (also bounds decompression).
 pub const MAX_BODY_LEN: usize = 1 << 30;
 /// Longest source name stored (its length is a u8); longer names are cut at a char boundary.
@@ -26,6 +38,12 @@ pub const MAX_SOURCE_LEN: usize = 255;
 
 const CODEC_NONE: u8 = 0;
 const CODEC_LZ4: u8 = 1;
+/// The frame's codec byte in format version 2: the body holds two blocks, each with its
+/// own codec byte. Version 1 frames have 0 or 1 there, so the high bit tells the layouts
+/// apart frame by frame; other values with the high bit set are reserved (refused).
+const SPLIT_BLOCKS: u8 = 0x80;
+/// A reader's decompression buffer above this size is shrunk back for smaller blocks.
+const KEEP_SCRATCH: usize = 4 << 20;
 
 /// The fixed header at the start of every segment file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,7 +66,7 @@ impl SegmentHeader {
         let mut h = [0u8; SEGMENT_HEADER_LEN as usize];
         h[0..8].copy_from_slice(&SEGMENT_MAGIC);
         h[8..10].copy_from_slice(&self.version.to_le_bytes());
-        // 10..12: flags, zero in version 1.
+        // 10..12: flags, zero in versions 1 and 2.
         h[12..20].copy_from_slice(&self.base_offset.to_le_bytes());
         h[20..28].copy_from_slice(&self.created_at_ms.to_le_bytes());
         let crc = crc32c::crc32c(&h[0..28]);
@@ -76,11 +94,15 @@ impl SegmentHeader {
     }
 }
 
-/// One event handed to [`PendingFrame::encode`]. An empty `json` is stored as an erased entry.
+/// One event handed to [`PendingFrame::encode`]. An empty `json` is stored as an erased
+/// entry, and an erased entry's `identity` is not stored (the projection holds personal
+/// data too).
 #[derive(Clone, Copy, Debug)]
 pub struct Entry<'a> {
     pub message_id: &'a str,
     pub json: &'a [u8],
+    /// The event's projection for identity resolution; empty = none.
+    pub identity: &'a [u8],
 }
 
 /// An encoded, not yet offset-assigned frame; built on the caller's thread (compression
@@ -95,41 +117,74 @@ pub struct PendingFrame {
     invalid: Option<String>,
 }
 
-/// Payloads smaller than this are stored uncompressed even with [`Codec::Lz4`].
+/// Blocks smaller than this are stored uncompressed even with [`Codec::Lz4`].
 pub const LZ4_MIN_PAYLOAD: usize = 2048;
 
+/// A block as it will be written: `[u8 codec][u32 raw_len][u32 stored_len][stored]`.
+struct EncodedBlock {
+    codec: u8,
+    raw_len: usize,
+    stored: Vec<u8>,
+}
+
+impl EncodedBlock {
+    fn new(raw: Vec<u8>, codec: Codec) -> Self {
+        let raw_len = raw.len();
+        let (codec, stored) = match codec {
+            // A lone event gains almost nothing from LZ4 (measured ~3%) and costs time on
+            // the single-event routes: only blocks of several events are compressed.
+            Codec::Lz4 if raw_len >= LZ4_MIN_PAYLOAD => {
+                let compressed = lz4_flex::block::compress(&raw);
+                if compressed.len() < raw_len {
+                    (CODEC_LZ4, compressed)
+                } else {
+                    (CODEC_NONE, raw)
+                }
+            }
+            Codec::Lz4 | Codec::None => (CODEC_NONE, raw),
+        };
+        Self {
+            codec,
+            raw_len,
+            stored,
+        }
+    }
+
+    fn put(&self, out: &mut Vec<u8>) {
+        out.push(self.codec);
+        out.extend_from_slice(&(self.raw_len as u32).to_le_bytes());
+        out.extend_from_slice(&(self.stored.len() as u32).to_le_bytes());
+        out.extend_from_slice(&self.stored);
+    }
+}
+
 impl PendingFrame {
+    /// Encodes a version 2 frame: message ids and identities in block A, JSON in block B.
     pub fn encode<'a>(
         source: &str,
         received_at_ms: i64,
         entries: impl IntoIterator<Item = Entry<'a>>,
         codec: Codec,
     ) -> Self {
-        let mut payload = Vec::new();
+        let mut ids = Vec::new();
+        let mut events = Vec::new();
         let mut count: u64 = 0;
         for e in entries {
-            put_varint(&mut payload, e.message_id.len() as u64);
-            payload.extend_from_slice(e.message_id.as_bytes());
-            put_varint(&mut payload, e.json.len() as u64);
-            payload.extend_from_slice(e.json);
+            put_chunk(&mut ids, e.message_id.as_bytes());
+            // Erasing an event erases its projection too.
+            put_chunk(&mut ids, if e.json.is_empty() { &[] } else { e.identity });
+            put_chunk(&mut events, e.json);
             count += 1;
         }
-        let raw_len = payload.len();
-        let (codec_byte, stored) = match codec {
-            // A lone event gains almost nothing from LZ4 (measured ~3%) and costs time on
-            // the single-event routes: only payloads of several events are compressed.
-            Codec::Lz4 if payload.len() >= LZ4_MIN_PAYLOAD => {
-                let compressed = lz4_flex::block::compress(&payload);
-                if compressed.len() < payload.len() {
-                    (CODEC_LZ4, compressed)
-                } else {
-                    (CODEC_NONE, payload)
-                }
-            }
-            Codec::Lz4 | Codec::None => (CODEC_NONE, payload),
-        };
+        let ids = EncodedBlock::new(ids, codec);
+        let events = EncodedBlock::new(events, codec);
         let source = truncate_at_char_boundary(source, MAX_SOURCE_LEN);
-        let body_len = MIN_BODY_LEN + source.len() + stored.len();
+        let body_len = BODY_PREFIX_LEN
+            + source.len()
+            + 2 * BLOCK_HEADER_LEN
+            + ids.stored.len()
+            + events.stored.len();
+        let raw_len = ids.raw_len.max(events.raw_len);
         let invalid = if body_len > MAX_BODY_LEN || raw_len > MAX_BODY_LEN {
             Some(format!(
                 "frame of {body_len} bytes exceeds the {MAX_BODY_LEN}-byte limit"
@@ -145,11 +200,11 @@ impl PendingFrame {
         bytes.extend_from_slice(&[0; 8]); // first_offset, set by `finalize`
         bytes.extend_from_slice(&(count as u32).to_le_bytes());
         bytes.extend_from_slice(&received_at_ms.to_le_bytes());
-        bytes.push(codec_byte);
+        bytes.push(SPLIT_BLOCKS);
         bytes.push(source.len() as u8);
         bytes.extend_from_slice(source.as_bytes());
-        bytes.extend_from_slice(&(raw_len as u32).to_le_bytes());
-        bytes.extend_from_slice(&stored);
+        ids.put(&mut bytes);
+        events.put(&mut bytes);
         Self {
             bytes,
             count: count as u32,
@@ -190,22 +245,170 @@ impl PendingFrame {
     }
 }
 
+#[cfg(test)]
+impl PendingFrame {
+    /// A version 1 frame (one payload of message ids and JSON, no identities), as junction
+    /// wrote before format version 2; for tests of old logs. Identities are ignored.
+    pub(crate) fn encode_v1<'a>(
+        source: &str,
+        received_at_ms: i64,
+        entries: impl IntoIterator<Item = Entry<'a>>,
+        codec: Codec,
+    ) -> Self {
+        let mut payload = Vec::new();
+        let mut count = 0u32;
+        for e in entries {
+            put_chunk(&mut payload, e.message_id.as_bytes());
+            put_chunk(&mut payload, e.json);
+            count += 1;
+        }
+        let block = EncodedBlock::new(payload, codec);
+        let source = truncate_at_char_boundary(source, MAX_SOURCE_LEN);
+        let mut bytes = vec![0; FRAME_HEADER_LEN + 8];
+        bytes.extend_from_slice(&count.to_le_bytes());
+        bytes.extend_from_slice(&received_at_ms.to_le_bytes());
+        bytes.push(block.codec);
+        bytes.push(source.len() as u8);
+        bytes.extend_from_slice(source.as_bytes());
+        bytes.extend_from_slice(&(block.raw_len as u32).to_le_bytes());
+        bytes.extend_from_slice(&block.stored);
+        let body_len = (bytes.len() - FRAME_HEADER_LEN) as u32;
+        bytes[0..4].copy_from_slice(&body_len.to_le_bytes());
+        Self {
+            bytes,
+            count,
+            received_at_ms,
+            invalid: None,
+        }
+    }
+}
+
 /// A checked frame body, borrowing the segment bytes.
 #[derive(Debug)]
 pub struct Frame<'a> {
     pub first_offset: u64,
     pub count: u32,
     pub received_at_ms: i64,
-    pub codec: Codec,
     pub source: &'a str,
-    pub raw_len: u32,
-    pub payload: &'a [u8],
+    pub payload: Payload<'a>,
 }
 
-/// One decoded payload entry; `json == None` for an erased entry.
+/// How a frame stores its entries.
+#[derive(Clone, Copy, Debug)]
+pub enum Payload<'a> {
+    /// Format version 1: one block of `count` × (message id, json).
+    Single(Block<'a>),
+    /// Format version 2: block A of `count` × (message id, identity), block B of
+    /// `count` × json.
+    Split { ids: Block<'a>, events: Block<'a> },
+}
+
+/// A block of a frame as stored.
+#[derive(Clone, Copy, Debug)]
+pub struct Block<'a> {
+    pub codec: Codec,
+    /// Length before compression.
+    pub raw_len: u32,
+    pub stored: &'a [u8],
+}
+
+impl<'a> Block<'a> {
+    /// The raw bytes: `stored` itself, or decompressed into `buf`, which is reused: it
+    /// only grows (zero-filled) past the largest block seen, and shrinks back when it
+    /// exceeds [`KEEP_SCRATCH`] and this block is smaller.
+    fn open<'b>(&self, buf: &'b mut Vec<u8>) -> Result<&'b [u8], String>
+    where
+        'a: 'b,
+    {
+        let n = self.raw_len as usize;
+        match self.codec {
+            Codec::None => Ok(self.stored),
+            Codec::Lz4 => {
+                if buf.len() > KEEP_SCRATCH && n <= KEEP_SCRATCH {
+                    buf.truncate(KEEP_SCRATCH);
+                    buf.shrink_to_fit();
+                }
+                if buf.len() < n {
+                    buf.resize(n, 0);
+                }
+                let got = lz4_flex::block::decompress_into(self.stored, &mut buf[..n])
+                    .map_err(|e| format!("lz4 block: {e}"))?;
+                if got != n {
+                    return Err(format!("lz4 block: {got} bytes, header says {n}"));
+                }
+                Ok(&buf[..n])
+            }
+        }
+    }
+}
+
+/// Decompression buffers reused across [`Frame::decode`] calls (one per reader).
+#[derive(Debug, Default)]
+pub struct Scratch {
+    ids: Vec<u8>,
+    events: Vec<u8>,
+}
+
+/// A frame's entries, decompressed and checked by [`Frame::decode`].
+#[derive(Clone, Copy, Debug)]
+pub struct Decoded<'b> {
+    count: u32,
+    /// Version 1: the whole payload (message id, json); version 2: block A (message id,
+    /// identity).
+    ids: &'b [u8],
+    /// Version 2 block B (json), when it was decoded.
+    events: Option<&'b [u8]>,
+    single: bool,
+}
+
+/// One entry of a [`Decoded`] frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EntryRef<'b> {
+    pub message_id: &'b str,
+    /// Empty when the entry has no projection: always in version 1 frames and for erased
+    /// entries.
+    pub identity: &'b [u8],
+    /// `Some(b"")` for an erased entry; `None` when block B was not decoded (an
+    /// identity-only decode, for an entry that has an identity).
+    pub json: Option<&'b [u8]>,
+}
+
+impl<'b> Decoded<'b> {
+    /// The `count` entries in order.
+    pub fn entries(self) -> impl Iterator<Item = EntryRef<'b>> {
+        let (mut ids, mut events) = (self.ids, self.events);
+        let single = self.single;
+        // `decode` checked every chunk, so nothing below is ever cut off.
+        (0..self.count).map(move |_| {
+            let id = take_chunk(&mut ids).unwrap_or_default();
+            let message_id = std::str::from_utf8(id).unwrap_or_default();
+            if single {
+                let json = take_chunk(&mut ids).unwrap_or_default();
+                return EntryRef {
+                    message_id,
+                    identity: &[],
+                    json: Some(json),
+                };
+            }
+            let identity = take_chunk(&mut ids).unwrap_or_default();
+            let json = events
+                .as_mut()
+                .map(|events| take_chunk(events).unwrap_or_default());
+            EntryRef {
+                message_id,
+                identity,
+                json,
+            }
+        })
+    }
+}
+
+/// One decoded entry, owned; `json == None` for an erased entry.
+#[cfg(test)]
 #[derive(Debug, PartialEq, Eq)]
 pub struct DecodedEntry {
     pub message_id: String,
+    pub identity: Vec<u8>,
     pub json: Option<Vec<u8>>,
 }
 
@@ -215,37 +418,107 @@ impl Frame<'_> {
         self.first_offset + u64::from(self.count)
     }
 
-    /// Decompresses and splits the payload into exactly `count` entries.
-    pub fn entries(&self) -> Result<Vec<DecodedEntry>, String> {
-        let raw;
-        let payload = match self.codec {
-            Codec::None => self.payload,
-            Codec::Lz4 => {
-                let mut out = vec![0u8; self.raw_len as usize];
-                let n = lz4_flex::block::decompress_into(self.payload, &mut out)
-                    .map_err(|e| format!("lz4 payload: {e}"))?;
-                if n != out.len() {
-                    return Err(format!("lz4 payload: {n} bytes, header says {}", out.len()));
+    /// Whether this is a version 2 frame (two blocks).
+    pub fn is_split(&self) -> bool {
+        matches!(self.payload, Payload::Split { .. })
+    }
+
+    /// Decompresses what is needed into `scratch` and checks that every decoded block holds
+    /// exactly `count` entries (message ids UTF-8, no erased entry with an identity).
+    ///
+    /// With `identity_only`, block B of a version 2 frame is neither decompressed nor
+    /// checked when every entry has an identity; it is when some entry has none (no
+    /// projection, or erased), whose JSON the caller then needs. Version 1 frames always
+    /// decode their JSON.
+    pub fn decode<'b>(
+        &'b self,
+        scratch: &'b mut Scratch,
+        identity_only: bool,
+    ) -> Result<Decoded<'b>, String> {
+        let count = self.count;
+        let Scratch {
+            ids: ids_buf,
+            events: events_buf,
+        } = scratch;
+        let (ids, events) = match self.payload {
+            Payload::Single(block) => {
+                let raw = block.open(ids_buf)?;
+                let mut rest = raw;
+                for _ in 0..count {
+                    take_message_id(&mut rest)?;
+                    take_chunk(&mut rest).ok_or("entry json cut off")?;
                 }
-                raw = out;
-                &raw[..]
+                check_consumed(rest, "the last entry")?;
+                return Ok(Decoded {
+                    count,
+                    ids: raw,
+                    events: None,
+                    single: true,
+                });
             }
+            Payload::Split { ids, events } => (ids, events),
         };
-        let mut rest = payload;
-        let mut entries = Vec::with_capacity(self.count as usize);
-        for _ in 0..self.count {
-            let id = take_chunk(&mut rest).ok_or("entry message id cut off")?;
-            let message_id = std::str::from_utf8(id)
-                .map_err(|_| "entry message id is not UTF-8")?
-                .to_owned();
-            let json = take_chunk(&mut rest).ok_or("entry json cut off")?;
-            let json = (!json.is_empty()).then(|| json.to_vec());
-            entries.push(DecodedEntry { message_id, json });
+        let ids = ids.open(ids_buf)?;
+        let mut rest = ids;
+        let mut all_identified = true;
+        for _ in 0..count {
+            take_message_id(&mut rest)?;
+            let identity = take_chunk(&mut rest).ok_or("entry identity cut off")?;
+            all_identified &= !identity.is_empty();
         }
-        if !rest.is_empty() {
-            return Err(format!("{} bytes after the last entry", rest.len()));
+        check_consumed(rest, "the last identity")?;
+        if identity_only && all_identified {
+            return Ok(Decoded {
+                count,
+                ids,
+                events: None,
+                single: false,
+            });
         }
-        Ok(entries)
+        let events = events.open(events_buf)?;
+        let (mut a, mut b) = (ids, events);
+        for _ in 0..count {
+            take_chunk(&mut a); // the message id, checked above
+            let identity = take_chunk(&mut a).unwrap_or_default();
+            let json = take_chunk(&mut b).ok_or("entry json cut off")?;
+            if json.is_empty() && !identity.is_empty() {
+                return Err("erased entry keeps an identity".into());
+            }
+        }
+        check_consumed(b, "the last json")?;
+        Ok(Decoded {
+            count,
+            ids,
+            events: Some(events),
+            single: false,
+        })
+    }
+
+    /// Decodes every entry into owned values.
+    #[cfg(test)]
+    pub fn entries(&self) -> Result<Vec<DecodedEntry>, String> {
+        let mut scratch = Scratch::default();
+        let decoded = self.decode(&mut scratch, false)?;
+        Ok(decoded
+            .entries()
+            .map(|e| DecodedEntry {
+                message_id: e.message_id.to_owned(),
+                identity: e.identity.to_vec(),
+                json: e.json.filter(|j| !j.is_empty()).map(<[u8]>::to_vec),
+            })
+            .collect())
+    }
+}
+
+fn take_message_id<'a>(b: &mut &'a [u8]) -> Result<&'a str, String> {
+    let id = take_chunk(b).ok_or("entry message id cut off")?;
+    std::str::from_utf8(id).map_err(|_| "entry message id is not UTF-8".into())
+}
+
+fn check_consumed(rest: &[u8], after: &str) -> Result<(), String> {
+    match rest.len() {
+        0 => Ok(()),
+        n => Err(format!("{n} bytes after {after}")),
     }
 }
 
@@ -262,7 +535,7 @@ pub fn check_frame(crc: u32, body: &[u8]) -> Result<Frame<'_>, String> {
     parse_body(body)
 }
 
-/// Parses a body and rejects impossible field values.
+/// Parses a body (either layout) and rejects impossible field values.
 pub fn parse_body(b: &[u8]) -> Result<Frame<'_>, String> {
     if b.len() < MIN_BODY_LEN {
         return Err(format!("frame body of {} bytes is too short", b.len()));
@@ -271,33 +544,77 @@ pub fn parse_body(b: &[u8]) -> Result<Frame<'_>, String> {
     if count == 0 {
         return Err("frame with zero events".into());
     }
-    let codec = match b[20] {
-        CODEC_NONE => Codec::None,
-        CODEC_LZ4 => Codec::Lz4,
-        other => return Err(format!("unknown codec {other}")),
-    };
-    let source_len = b[21] as usize;
-    let raw_at = 22 + source_len;
-    if b.len() < raw_at + 4 {
+    let codec_byte = b[20];
+    let source_end = BODY_PREFIX_LEN + b[21] as usize;
+    if b.len() < source_end {
         return Err("frame source cut off".into());
     }
-    let source = std::str::from_utf8(&b[22..raw_at]).map_err(|_| "frame source is not UTF-8")?;
-    let raw_len = u32_at(b, raw_at);
-    let payload = &b[raw_at + 4..];
-    if raw_len as usize > MAX_BODY_LEN
-        || (codec == Codec::None && raw_len as usize != payload.len())
-    {
-        return Err(format!("impossible payload length {raw_len}"));
-    }
+    let source = std::str::from_utf8(&b[BODY_PREFIX_LEN..source_end])
+        .map_err(|_| "frame source is not UTF-8")?;
+    let mut rest = &b[source_end..];
+    let payload = if codec_byte == SPLIT_BLOCKS {
+        let ids = take_block(&mut rest, "identity block")?;
+        let events = take_block(&mut rest, "json block")?;
+        check_consumed(rest, "the json block")?;
+        Payload::Split { ids, events }
+    } else {
+        if rest.len() < 4 {
+            return Err("frame source cut off".into());
+        }
+        let block = Block {
+            codec: codec(codec_byte)?,
+            raw_len: u32_at(rest, 0),
+            stored: &rest[4..],
+        };
+        Payload::Single(check_block(block, "payload")?)
+    };
     Ok(Frame {
         first_offset: u64_at(b, 0),
         count,
         received_at_ms: u64_at(b, 12) as i64,
-        codec,
         source,
-        raw_len,
         payload,
     })
+}
+
+fn codec(byte: u8) -> Result<Codec, String> {
+    match byte {
+        CODEC_NONE => Ok(Codec::None),
+        CODEC_LZ4 => Ok(Codec::Lz4),
+        other => Err(format!("unknown codec {other:#04x}")),
+    }
+}
+
+/// `[u8 codec][u32 raw_len][u32 stored_len][stored]`.
+fn take_block<'a>(b: &mut &'a [u8], what: &str) -> Result<Block<'a>, String> {
+    if b.len() < BLOCK_HEADER_LEN {
+        return Err(format!("{what} header cut off"));
+    }
+    let codec = codec(b[0])?;
+    let raw_len = u32_at(b, 1);
+    let stored_len = u32_at(b, 5) as usize;
+    let rest = &b[BLOCK_HEADER_LEN..];
+    if rest.len() < stored_len {
+        return Err(format!("{what} cut off"));
+    }
+    let (stored, rest) = rest.split_at(stored_len);
+    *b = rest;
+    check_block(
+        Block {
+            codec,
+            raw_len,
+            stored,
+        },
+        what,
+    )
+}
+
+fn check_block<'a>(block: Block<'a>, what: &str) -> Result<Block<'a>, String> {
+    let raw_len = block.raw_len as usize;
+    if raw_len > MAX_BODY_LEN || (block.codec == Codec::None && raw_len != block.stored.len()) {
+        return Err(format!("impossible {what} length {raw_len}"));
+    }
+    Ok(block)
 }
 
 fn u32_at(b: &[u8], at: usize) -> u32 {
@@ -338,6 +655,12 @@ pub fn take_varint(b: &mut &[u8]) -> Option<u64> {
         }
     }
     None
+}
+
+/// Writes a varint length followed by the bytes.
+fn put_chunk(out: &mut Vec<u8>, chunk: &[u8]) {
+    put_varint(out, chunk.len() as u64);
+    out.extend_from_slice(chunk);
 }
 
 /// A varint length followed by that many bytes.
@@ -398,35 +721,71 @@ mod tests {
         );
     }
 
+    fn codecs(f: &Frame) -> Vec<Codec> {
+        match f.payload {
+            Payload::Single(b) => vec![b.codec],
+            Payload::Split { ids, events } => vec![ids.codec, events.codec],
+        }
+    }
+
+    /// A version 2 body of `count` entries from raw (uncompressed) blocks.
+    fn split_body(count: u32, ids: &[u8], events: &[u8]) -> Vec<u8> {
+        let mut b = Vec::new();
+        b.extend_from_slice(&7u64.to_le_bytes());
+        b.extend_from_slice(&count.to_le_bytes());
+        b.extend_from_slice(&0i64.to_le_bytes());
+        b.push(SPLIT_BLOCKS);
+        b.push(0);
+        for block in [ids, events] {
+            EncodedBlock::new(block.to_vec(), Codec::None).put(&mut b);
+        }
+        b
+    }
+
+    fn chunks(parts: &[&[u8]]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for part in parts {
+            put_chunk(&mut out, part);
+        }
+        out
+    }
+
     #[test]
     fn small_payloads_are_not_compressed() {
         let json = br#"{"type":"track","event":"Signed Up","properties":{"plan":"pro"}}"#.repeat(4);
         let entries = [Entry {
             message_id: "m-1",
             json: &json,
+            identity: br#"{"userId":"u1"}"#,
         }];
         let mut frame = PendingFrame::encode("web", 0, entries, Codec::Lz4);
         let (crc, b) = body(&mut frame, 0);
-        assert_eq!(check_frame(crc, &b).unwrap().codec, Codec::None);
+        let f = check_frame(crc, &b).unwrap();
+        assert!(f.is_split());
+        assert_eq!(codecs(&f), [Codec::None, Codec::None]);
     }
 
     #[test]
     fn frame_round_trips_with_both_codecs_and_erased_entries() {
         let json =
             br#"{"type":"track","event":"Signed Up","properties":{"plan":"pro"}}"#.repeat(40);
+        let identity = br#"{"userId":"u1","anonymousId":"a1"}"#;
         for codec in [Codec::None, Codec::Lz4] {
             let entries = [
                 Entry {
                     message_id: "m-1",
                     json: &json,
+                    identity,
                 },
                 Entry {
                     message_id: "m-2",
                     json: b"",
+                    identity, // dropped: erasing an event erases its projection
                 },
                 Entry {
                     message_id: "",
                     json: b"{}",
+                    identity: b"",
                 },
             ];
             let mut frame = PendingFrame::encode("web", -5, entries, codec);
@@ -434,8 +793,9 @@ mod tests {
             let (crc, b) = body(&mut frame, 1 << 40);
             let f = check_frame(crc, &b).unwrap();
             assert_eq!(
-                f.codec, codec,
-                "lz4 is kept because it shrinks this payload"
+                codecs(&f),
+                [Codec::None, codec],
+                "lz4 is kept for the json block because it shrinks it; the id block is small"
             );
             assert_eq!(
                 (f.first_offset, f.count, f.received_at_ms),
@@ -444,15 +804,183 @@ mod tests {
             assert_eq!(f.source, "web");
             let got = f.entries().unwrap();
             assert_eq!(got[0].json.as_deref(), Some(&json[..]));
+            assert_eq!(got[0].identity, identity);
             assert_eq!(
                 got[1],
                 DecodedEntry {
                     message_id: "m-2".into(),
+                    identity: Vec::new(),
                     json: None
                 }
             );
             assert_eq!(got[2].json.as_deref(), Some(&b"{}"[..]));
+            assert_eq!(got[2].identity, b"");
         }
+    }
+
+    #[test]
+    fn both_blocks_are_compressed_when_both_are_large() {
+        let ids: Vec<String> = (0..60).map(|i| format!("message-{i:04}")).collect();
+        let identities: Vec<String> = (0..60)
+            .map(|i| format!(r#"{{"userId":"user-{i}","anonymousId":"anon-{i}"}}"#))
+            .collect();
+        let json = br#"{"type":"identify","traits":{"plan":"pro"}}"#.repeat(3);
+        let entries = (0..60).map(|i| Entry {
+            message_id: &ids[i],
+            json: &json,
+            identity: identities[i].as_bytes(),
+        });
+        let mut frame = PendingFrame::encode("web", 0, entries, Codec::Lz4);
+        let (crc, b) = body(&mut frame, 0);
+        let f = check_frame(crc, &b).unwrap();
+        assert_eq!(codecs(&f), [Codec::Lz4, Codec::Lz4]);
+        let got = f.entries().unwrap();
+        assert_eq!(got.len(), 60);
+        for (i, e) in got.iter().enumerate() {
+            assert_eq!(e.message_id, ids[i]);
+            assert_eq!(e.identity, identities[i].as_bytes());
+            assert_eq!(e.json.as_deref(), Some(&json[..]));
+        }
+    }
+
+    #[test]
+    fn identity_only_decode_leaves_the_json_block_compressed() {
+        let identities: Vec<String> = (0..60)
+            .map(|i| format!(r#"{{"userId":"user-{i:04}","anonymousId":"anonymous-{i:04}"}}"#))
+            .collect();
+        let json = br#"{"type":"track","event":"Viewed","properties":{"page":"home"}}"#.repeat(2);
+        let make = |without_identity: Option<usize>, erased: Option<usize>| {
+            let entries = (0..60).map(|i| Entry {
+                message_id: "m",
+                json: if erased == Some(i) { b"" } else { &json },
+                identity: match without_identity == Some(i) {
+                    true => b"",
+                    false => identities[i].as_bytes(),
+                },
+            });
+            let mut frame = PendingFrame::encode("s", 0, entries, Codec::Lz4);
+            body(&mut frame, 0)
+        };
+
+        let (crc, b) = make(None, None);
+        let f = check_frame(crc, &b).unwrap();
+        assert_eq!(codecs(&f), [Codec::Lz4, Codec::Lz4]);
+        let mut scratch = Scratch::default();
+        let got: Vec<_> = f.decode(&mut scratch, true).unwrap().entries().collect();
+        assert!(got.iter().all(|e| e.json.is_none()));
+        let identities_got: Vec<_> = got.iter().map(|e| e.identity).collect();
+        let identities_want: Vec<_> = identities.iter().map(|i| i.as_bytes()).collect();
+        assert_eq!(identities_got, identities_want);
+        assert!(scratch.events.is_empty(), "block B was not decompressed");
+
+        // The same buffers serve the next frames; an entry without identity, or an erased
+        // one, needs block B.
+        for (without, erased) in [(Some(7), None), (None, Some(9))] {
+            let (crc, b) = make(without, erased);
+            let f = check_frame(crc, &b).unwrap();
+            let capacity = scratch.ids.capacity();
+            let got: Vec<_> = f.decode(&mut scratch, true).unwrap().entries().collect();
+            assert!(got.iter().all(|e| e.json.is_some()));
+            let i = without.or(erased).unwrap();
+            assert_eq!(got[i].identity, b"");
+            let want_json: &[u8] = if erased.is_some() { b"" } else { &json };
+            assert_eq!(got[i].json, Some(want_json));
+            assert_eq!(got[i + 1].identity, identities[i + 1].as_bytes());
+            assert_eq!(scratch.ids.capacity(), capacity, "buffer reused");
+        }
+    }
+
+    #[test]
+    fn v1_frames_decode_with_json_and_no_identity() {
+        let json = br#"{"type":"track","event":"Signed Up"}"#.repeat(80);
+        for codec in [Codec::None, Codec::Lz4] {
+            let entries = [
+                Entry {
+                    message_id: "m-1",
+                    json: &json,
+                    identity: b"ignored",
+                },
+                Entry {
+                    message_id: "m-2",
+                    json: b"",
+                    identity: b"",
+                },
+            ];
+            let mut frame = PendingFrame::encode_v1("web", 3, entries, codec);
+            let (crc, b) = body(&mut frame, 11);
+            let f = check_frame(crc, &b).unwrap();
+            assert!(!f.is_split());
+            assert_eq!(codecs(&f), [codec]);
+            for identity_only in [false, true] {
+                let mut scratch = Scratch::default();
+                let got: Vec<_> = f
+                    .decode(&mut scratch, identity_only)
+                    .unwrap()
+                    .entries()
+                    .collect();
+                let want = [
+                    EntryRef {
+                        message_id: "m-1",
+                        identity: b"",
+                        json: Some(&json[..]),
+                    },
+                    EntryRef {
+                        message_id: "m-2",
+                        identity: b"",
+                        json: Some(b""),
+                    },
+                ];
+                assert_eq!(got, want);
+            }
+        }
+    }
+
+    #[test]
+    fn malformed_split_frames_are_refused() {
+        let ok_ids = chunks(&[b"m", b"{}"]);
+        let ok_events = chunks(&[b"{}"]);
+        let decode = |body: &[u8], identity_only: bool| {
+            let f = parse_body(body)?;
+            let mut scratch = Scratch::default();
+            f.decode(&mut scratch, identity_only).map(|_| ())
+        };
+        assert_eq!(decode(&split_body(1, &ok_ids, &ok_events), false), Ok(()));
+        let err = |body: Vec<u8>, identity_only| decode(&body, identity_only).unwrap_err();
+        assert!(
+            err(
+                split_body(1, &chunks(&[b"m", b"{}"]), &chunks(&[b""])),
+                false
+            )
+            .contains("erased entry keeps an identity")
+        );
+        assert!(err(split_body(2, &ok_ids, &ok_events), true).contains("cut off"));
+        assert!(
+            err(split_body(1, &chunks(&[b"m", b""]), &chunks(&[])), true).contains("json cut off")
+        );
+        assert!(
+            err(
+                split_body(1, &chunks(&[b"m", b"{}", b"x"]), &ok_events),
+                true
+            )
+            .contains("after the last identity")
+        );
+        assert!(
+            err(
+                split_body(1, &chunks(&[b"m", b""]), &chunks(&[b"{}", b"{}"])),
+                true
+            )
+            .contains("after the last json")
+        );
+        assert!(err(split_body(1, &chunks(&[b"\xff", b"{}"]), &ok_events), true).contains("UTF-8"));
+        let mut trailing = split_body(1, &ok_ids, &ok_events);
+        trailing.push(0);
+        assert!(err(trailing, false).contains("after the json block"));
+        let mut reserved = split_body(1, &ok_ids, &ok_events);
+        reserved[20] = SPLIT_BLOCKS | 1;
+        assert!(err(reserved, false).contains("unknown codec"));
+        let mut block_cut = split_body(1, &ok_ids, &ok_events);
+        block_cut.pop();
+        assert!(err(block_cut, false).contains("cut off"));
     }
 
     #[test]
@@ -460,10 +988,11 @@ mod tests {
         let entries = [Entry {
             message_id: "x",
             json: b"{}",
+            identity: b"{}",
         }];
         let mut frame = PendingFrame::encode("s", 0, entries, Codec::Lz4);
         let (crc, b) = body(&mut frame, 0);
-        assert_eq!(check_frame(crc, &b).unwrap().codec, Codec::None);
+        assert_eq!(codecs(&check_frame(crc, &b).unwrap()), [Codec::None; 2]);
     }
 
     #[test]
@@ -475,6 +1004,7 @@ mod tests {
             [Entry {
                 message_id: "a",
                 json: b"1",
+                identity: b"2",
             }],
             Codec::None,
         );
@@ -490,6 +1020,7 @@ mod tests {
             [Entry {
                 message_id: "a",
                 json: b"1",
+                identity: b"2",
             }],
             Codec::None,
         );

@@ -10,14 +10,14 @@
 //! - One process writes a log directory at a time (`<dir>/LOCK`, `flock`). Any number of
 //!   [`LogReader`]s may read it, in any process, without a lock.
 //!
-//! # On-disk format, version 1 (all integers little-endian)
+//! # On-disk format, version 2 (all integers little-endian)
 //! A log is a directory of segments `<base offset as 20 digits>.seg`, e.g.
 //! `00000000000000000000.seg`, plus `LOCK`; `*.tmp` files are preallocated spares or
 //! leftovers and are deleted on open. A segment is a 32-byte header followed by frames:
 //! ```text
 //! segment header (32 bytes)
 //!   0  [u8; 8]  magic "JNCTNLOG"
-//!   8  u16      format version = 1
+//!   8  u16      format version = 2 (1 in segments written before version 2, see below)
 //!  10  u16      flags = 0
 //!  12  u64      base offset (= first offset of the segment's first frame = file name)
 //!  20  i64      creation time, ms since the Unix epoch
@@ -30,18 +30,47 @@
 //!                           first_offset + count (the segment's base for the first frame)
 //!     u32 count             entries in the frame, >= 1
 //!     i64 received_at_ms    server receive time, ms since the Unix epoch
+//!     u8  codec             the version 1 codec byte, flag bit 0x80 set: exactly 0x80 =
+//!                           two blocks (this layout); 0 or 1 = a version 1 frame (below);
+//!                           any other value is refused
+//!     u8  source_len        then source_len bytes of UTF-8 source name
+//!     block A               `count` entries of: varint msgid_len, msgid (UTF-8),
+//!                           varint identity_len, identity
+//!     block B               `count` entries of: varint json_len, json
+//!   each block:
 //!     u8  codec             0 = none, 1 = LZ4 block (lz4_flex::block, no size prefix)
+//!     u32 raw_len           block length before compression
+//!     u32 stored_len        then stored_len bytes (compressed with `codec`)
+//!   The body ends with block B. json_len = 0 marks an ERASED entry (offset kept, no
+//!   event); an erased entry has identity_len = 0 (the projection holds personal data too).
+//!   identity_len = 0 otherwise means the event has no identity projection.
+//! ```
+//! The identity projection is a small JSON document computed at ingest (a few fields the
+//! identity resolution needs); block A lets a reader get it without decompressing the
+//! events ([`LogReader::open_identities`]).
+//!
+//! **Version 1** segments (header version 1) hold only version 1 frames, whose body after
+//! `received_at_ms` is:
+//! ```text
+//!     u8  codec             0 = none, 1 = LZ4 block
 //!     u8  source_len        then source_len bytes of UTF-8 source name
 //!     u32 raw_payload_len   payload length before compression
 //!     payload               (compressed with `codec`) `count` entries of:
 //!                           varint msgid_len, msgid (UTF-8), varint json_len, json;
-//!                           json_len = 0 marks an ERASED entry (offset kept, no event)
+//!                           json_len = 0 marks an ERASED entry
 //! ```
+//! The byte after `received_at_ms` tells the layouts apart frame by frame (high bit set =
+//! two blocks). Readers accept segments of versions 1 and 2; a two-block frame in a version
+//! 1 segment is invalid (a version 1 binary reading that segment could not decode it). New
+//! segments are version 2, and the writer never appends to a version 1 segment: when the
+//! last segment found on open is version 1, the first append rolls to a new segment.
+//!
 //! Varints are LEB128 (7 bits per byte, low first). Frames are not aligned. A segment file
 //! is preallocated to its full size (default 64 MiB; a frame larger than that gets a
 //! segment sized to fit), so its length says nothing about how much is written: the first
-//! zero `frame_len` or the end of the file ends the data. Compression falls back to codec 0
-//! when LZ4 does not shrink the payload.
+//! zero `frame_len` or the end of the file ends the data. Each block is compressed on its
+//! own, with LZ4 only when the configured codec is LZ4, the raw block is at least
+//! `LZ4_MIN_PAYLOAD` (2048) bytes and LZ4 shrinks it; otherwise it is stored with codec 0.
 //!
 //! # Writing (see `writer.rs`)
 //! Appenders encode a [`PendingFrame`] on their own thread (compression included) and queue
@@ -92,6 +121,9 @@
 //! # Reading (see `reader.rs`)
 //! [`LogReader::open`]`(dir, from)` picks the segment by base offset from the file names,
 //! skips frames that end before `from` and yields non-erased [`Record`]s in offset order.
+//! [`LogReader::open_identities`] yields the same records with the identity projection
+//! instead of the JSON (decompressing only block A) where an event has one, and with the
+//! full JSON where it has none (version 1 frames).
 //! At the tail it returns `None` without modifying anything and sees new data on the next
 //! call (poll to follow; in-process consumers wait on [`Log::subscribe`]).
 //!
@@ -106,9 +138,9 @@
 //!
 //! # Person deletion (not implemented yet)
 //! Offsets stay: a segment is rewritten to a temp file with the person's entries erased
-//! (json_len 0, same offsets and frame boundaries, fresh CRCs), fsynced, and renamed over
-//! the original. LZ4 frames are re-encoded; sealed segments only, the active one is rolled
-//! first.
+//! (json_len 0 and identity_len 0, same offsets and frame boundaries, fresh CRCs), fsynced,
+//! and renamed over the original. LZ4 frames are re-encoded; sealed segments only, the
+//! active one is rolled first.
 
 mod fetch;
 mod format;
@@ -130,7 +162,7 @@ use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 
 pub use fetch::EventFetcher;
-pub use format::{Entry, FORMAT_VERSION, MAX_SOURCE_LEN, PendingFrame};
+pub use format::{Entry, FORMAT_VERSION, MAX_SOURCE_LEN, OLDEST_FORMAT_VERSION, PendingFrame};
 pub use reader::{LogReader, Record};
 
 use crate::metrics::{self, Histogram};
@@ -230,7 +262,7 @@ pub enum LogError {
         reason: String,
     },
     #[error(
-        "log segment {} has format version {version}; this junction reads version {FORMAT_VERSION}",
+        "log segment {} has format version {version}; this junction reads versions {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION}",
         segment.display()
     )]
     UnsupportedVersion { segment: PathBuf, version: u16 },

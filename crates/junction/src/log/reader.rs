@@ -10,13 +10,19 @@
 //!   `LogError::Corrupt` names the segment and byte position; nothing is skipped silently.
 //! - Without an end bound a reader may see a frame whose fdatasync has not returned yet. In-
 //!   process consumers bound it with [`LogReader::set_end_offset`]`(log.next_offset())`.
+//! - [`LogReader::open_identities`] reads the same records, but an event stored with an
+//!   identity projection comes back with that projection and an empty `json`, and only the
+//!   frame's identity block is decompressed; an event without one (format version 1 frames,
+//!   events stored without a projection) comes back with its full `json`, as from
+//!   [`LogReader::open`]. The frame's JSON block is decompressed only for such events, or
+//!   to find out that an event is erased.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use super::LogError;
-use super::format::SEGMENT_HEADER_LEN;
+use super::format::{EntryRef, SEGMENT_HEADER_LEN, Scratch};
 use super::segment::{SegmentCursor, Step, list_segments};
 
 /// One event read back from the log.
@@ -26,7 +32,42 @@ pub struct Record {
     pub received_at_ms: i64,
     pub source: Arc<str>,
     pub message_id: String,
+    /// The event as stored; empty in a record of an identity-only reader that has an
+    /// `identity`.
     pub json: Vec<u8>,
+    /// The event's projection for identity resolution; empty when it was stored without one
+    /// (always for events of format version 1 frames).
+    pub identity: Vec<u8>,
+}
+
+impl Record {
+    /// The record of a decoded entry, `None` for an erased one. With `identity_only`, an
+    /// entry that has an identity is returned without its JSON.
+    pub(super) fn from_entry(
+        offset: u64,
+        received_at_ms: i64,
+        source: &Arc<str>,
+        entry: EntryRef<'_>,
+        identity_only: bool,
+    ) -> Option<Self> {
+        // `json` is `None` only for an entry with an identity in an identity-only decode,
+        // and such an entry is never erased.
+        if entry.json.is_some_and(<[u8]>::is_empty) {
+            return None;
+        }
+        let json = match identity_only && !entry.identity.is_empty() {
+            true => Vec::new(),
+            false => entry.json.unwrap_or_default().to_vec(),
+        };
+        Some(Self {
+            offset,
+            received_at_ms,
+            source: Arc::clone(source),
+            message_id: entry.message_id.to_owned(),
+            json,
+            identity: entry.identity.to_vec(),
+        })
+    }
 }
 
 pub struct LogReader {
@@ -38,6 +79,10 @@ pub struct LogReader {
     /// A newer segment exists, so the current one is complete.
     complete: bool,
     pending: VecDeque<Record>,
+    /// Records carry the identity instead of the JSON where there is one.
+    identity_only: bool,
+    /// Decompression buffers, reused for every frame.
+    scratch: Scratch,
 }
 
 enum Action {
@@ -47,7 +92,21 @@ enum Action {
 }
 
 impl LogReader {
+    /// Reads every non-erased event from `from_offset` on, with its JSON and its identity.
     pub fn open(dir: &Path, from_offset: u64) -> Result<Self, LogError> {
+        Self::open_with(dir, from_offset, false)
+    }
+
+    /// Like [`open`](Self::open), for consumers that need only identity projections:
+    /// records of events that have one carry it and an empty `json`; the others (format
+    /// version 1 frames, events stored without a projection) carry their full `json` and an
+    /// empty `identity`. Cheaper: the JSON block of a frame is decompressed only when one of
+    /// its events needs it.
+    pub fn open_identities(dir: &Path, from_offset: u64) -> Result<Self, LogError> {
+        Self::open_with(dir, from_offset, true)
+    }
+
+    fn open_with(dir: &Path, from_offset: u64, identity_only: bool) -> Result<Self, LogError> {
         std::fs::read_dir(dir).map_err(LogError::io(format!(
             "opening log directory {}",
             dir.display()
@@ -59,6 +118,8 @@ impl LogReader {
             cursor: None,
             complete: false,
             pending: VecDeque::new(),
+            identity_only,
+            scratch: Scratch::default(),
         };
         reader.cursor = reader.start_segment()?;
         Ok(reader)
@@ -117,21 +178,23 @@ impl LogReader {
                     return Ok(Action::Wait);
                 }
                 if frame_end > self.from {
-                    let entries = frame.entries().map_err(|reason| LogError::Corrupt {
-                        segment: path,
-                        position: pos,
-                        reason,
-                    })?;
+                    let decoded = frame
+                        .decode(&mut self.scratch, self.identity_only)
+                        .map_err(|reason| LogError::Corrupt {
+                            segment: path,
+                            position: pos,
+                            reason,
+                        })?;
                     let source: Arc<str> = frame.source.into();
-                    for (offset, entry) in (frame.first_offset..).zip(entries) {
-                        if let (true, Some(json)) = (offset >= self.from, entry.json) {
-                            self.pending.push_back(Record {
-                                offset,
-                                received_at_ms: frame.received_at_ms,
-                                source: Arc::clone(&source),
-                                message_id: entry.message_id,
-                                json,
-                            });
+                    for (offset, entry) in (frame.first_offset..).zip(decoded.entries()) {
+                        if offset < self.from {
+                            continue;
+                        }
+                        let (at, identity_only) = (frame.received_at_ms, self.identity_only);
+                        if let Some(record) =
+                            Record::from_entry(offset, at, &source, entry, identity_only)
+                        {
+                            self.pending.push_back(record);
                         }
                     }
                 }

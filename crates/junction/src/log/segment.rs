@@ -8,7 +8,9 @@
 //!   garbage and [`recover`] deletes them.
 //! - [`SegmentCursor`] walks frames in order and never modifies the file; it reports the end
 //!   of written data (`End`: zero length or end of file) separately from a frame that is not
-//!   valid (`Bad`), and the caller decides whether that is a torn tail or corruption.
+//!   valid (`Bad`), and the caller decides whether that is a torn tail or corruption. It opens
+//!   segments of format versions 1 and 2; a version 2 (two-block) frame in a version 1
+//!   segment is `Bad`: old binaries cannot read it, so no writer puts one there.
 //! - [`recover`] trusts the last segment up to its first bad frame and zeroes everything
 //!   after the last good frame, so the next append lands on zeros.
 
@@ -19,8 +21,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::format::{
-    self, FORMAT_VERSION, FRAME_HEADER_LEN, Frame, MAX_BODY_LEN, MIN_BODY_LEN, SEGMENT_HEADER_LEN,
-    SegmentHeader,
+    self, FORMAT_VERSION, FRAME_HEADER_LEN, Frame, MAX_BODY_LEN, MIN_BODY_LEN,
+    OLDEST_FORMAT_VERSION, SEGMENT_HEADER_LEN, SegmentHeader,
 };
 use super::{FailPoints, LogError, RecoveryReport, TornTail};
 
@@ -139,6 +141,8 @@ pub struct ActiveSegment {
     pub file: File,
     pub path: PathBuf,
     pub base: u64,
+    /// Format version of its header; frames are appended only to [`FORMAT_VERSION`] segments.
+    pub version: u16,
     /// End of the last durable frame: the next frame is written here.
     pub pos: u64,
     pub capacity: u64,
@@ -172,6 +176,7 @@ pub fn install(
         file: prepared.file,
         path,
         base,
+        version: FORMAT_VERSION,
         pos: SEGMENT_HEADER_LEN,
         capacity: prepared.size,
         newest_ms: None,
@@ -221,6 +226,7 @@ pub struct SegmentCursor {
     file: File,
     pub path: PathBuf,
     pub base: u64,
+    pub version: u16,
     pub created_at_ms: i64,
     pub len: u64,
     /// Byte position of the next frame.
@@ -233,7 +239,8 @@ pub struct SegmentCursor {
 }
 
 impl SegmentCursor {
-    /// Opens a segment and checks its header (magic, CRC, version, base offset = file name).
+    /// Opens a segment and checks its header (magic, CRC, a version this binary reads, base
+    /// offset = file name).
     pub fn open(path: &Path, base: u64) -> Result<Self, LogError> {
         let corrupt = |reason: String| LogError::Corrupt {
             segment: path.to_path_buf(),
@@ -252,7 +259,7 @@ impl SegmentCursor {
         let n = read_full_at(&file, &mut h, 0)
             .map_err(LogError::io(format!("reading {}", path.display())))?;
         let header = SegmentHeader::decode(&h[..n]).map_err(corrupt)?;
-        if header.version != FORMAT_VERSION {
+        if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&header.version) {
             return Err(LogError::UnsupportedVersion {
                 segment: path.to_path_buf(),
                 version: header.version,
@@ -268,6 +275,7 @@ impl SegmentCursor {
             file,
             path: path.to_path_buf(),
             base,
+            version: header.version,
             created_at_ms: header.created_at_ms,
             len,
             pos: SEGMENT_HEADER_LEN,
@@ -298,13 +306,16 @@ impl SegmentCursor {
             return Ok(Step::Bad(format!("impossible frame length {len}")));
         }
         self.fill(pos, FRAME_HEADER_LEN + len)?;
-        let next_offset = self.next_offset;
+        let (next_offset, version) = (self.next_offset, self.version);
         let body = &self.slice(pos, FRAME_HEADER_LEN + len)[FRAME_HEADER_LEN..];
         match format::check_frame(crc, body) {
             Ok(frame) if frame.first_offset != next_offset => Ok(Step::Bad(format!(
                 "frame starts at offset {}, expected {next_offset}",
                 frame.first_offset
             ))),
+            Ok(frame) if frame.is_split() && version < 2 => {
+                Ok(Step::Bad("version 2 frame in a version 1 segment".into()))
+            }
             Ok(frame) => Ok(Step::Frame { frame, end }),
             Err(reason) => Ok(Step::Bad(reason)),
         }
@@ -477,6 +488,7 @@ pub fn recover(dir: &Path) -> Result<Recovered, LogError> {
         file,
         path: last_path,
         base: last_base,
+        version: cursor.version,
         pos: cursor.pos,
         capacity: cursor.len,
         newest_ms,

@@ -1,5 +1,5 @@
 //! Behaviour tests of the event log: round trips, concurrency, recovery, rolling, retention,
-//! backpressure, failure injection and the v1 format fixture.
+//! backpressure, failure injection, identity-only reading and the v1/v2 format fixtures.
 
 use std::fs;
 use std::os::unix::fs::FileExt as _;
@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 
-use super::format::{SEGMENT_HEADER_LEN, SegmentHeader};
+use super::format::{Payload, SEGMENT_HEADER_LEN, SegmentHeader};
 use super::*;
 
 fn config(dir: &Path, segment_bytes: u64) -> LogConfig {
@@ -37,9 +37,20 @@ struct Expect {
     received_at_ms: i64,
     message_id: String,
     json: Option<Vec<u8>>,
+    /// The identity projection (empty = none).
+    identity: Vec<u8>,
 }
 
-/// Builds a frame of `n` entries; every 7th entry of `seed` is erased.
+/// The identity projection `make_frame` gives entry `i` of frame `seed`; every 5th has none.
+fn identity_json(seed: u64, i: u64) -> Vec<u8> {
+    match (seed + i) % 5 == 1 {
+        true => Vec::new(),
+        false => format!(r#"{{"userId":"u-{seed}-{i}"}}"#).into_bytes(),
+    }
+}
+
+/// Builds a frame of `n` entries; every 7th entry of `seed` is erased (and handed to the
+/// encoder with an identity, which must not be stored), every 5th has no identity.
 fn make_frame(
     seed: u64,
     n: u64,
@@ -54,11 +65,13 @@ fn make_frame(
             received_at_ms,
             message_id: format!("msg-{seed}-{i}"),
             json: ((seed + i) % 7 != 3).then(|| event_json(seed * 100 + i, pad)),
+            identity: identity_json(seed, i),
         })
         .collect();
     let entries = expect.iter().map(|e| Entry {
         message_id: &e.message_id,
         json: e.json.as_deref().unwrap_or_default(),
+        identity: &e.identity,
     });
     (
         PendingFrame::encode(&source, received_at_ms, entries, codec),
@@ -67,7 +80,15 @@ fn make_frame(
 }
 
 fn read_all(dir: &Path, from: u64) -> Vec<Record> {
-    let mut reader = LogReader::open(dir, from).expect("open reader");
+    drain(LogReader::open(dir, from).expect("open reader"))
+}
+
+/// What an identity-only reader returns from `from` on.
+fn read_identities(dir: &Path, from: u64) -> Vec<Record> {
+    drain(LogReader::open_identities(dir, from).expect("open identity reader"))
+}
+
+fn drain(mut reader: LogReader) -> Vec<Record> {
     let mut out = Vec::new();
     while let Some(record) = reader.next_record().expect("read record") {
         out.push(record);
@@ -75,8 +96,19 @@ fn read_all(dir: &Path, from: u64) -> Vec<Record> {
     out
 }
 
-/// Checks that `records` are exactly the non-erased entries of `expected[from..]`.
+/// Checks that `records` are exactly the non-erased entries of `expected[from..]`, with
+/// their JSON and identity.
 fn assert_records(records: &[Record], expected: &[Expect], from: u64) {
+    check_records(records, expected, from, false);
+}
+
+/// Like [`assert_records`] for an identity-only reader: the identity instead of the JSON
+/// where there is one, the JSON where there is none.
+fn assert_identity_records(records: &[Record], expected: &[Expect], from: u64) {
+    check_records(records, expected, from, true);
+}
+
+fn check_records(records: &[Record], expected: &[Expect], from: u64, identity_only: bool) {
     let want: Vec<(u64, &Expect)> = (0u64..)
         .zip(expected)
         .skip(from as usize)
@@ -88,11 +120,12 @@ fn assert_records(records: &[Record], expected: &[Expect], from: u64) {
         assert_eq!(&*record.source, e.source);
         assert_eq!(record.received_at_ms, e.received_at_ms);
         assert_eq!(record.message_id, e.message_id);
-        assert_eq!(
-            Some(&record.json),
-            e.json.as_ref(),
-            "json at offset {offset}"
-        );
+        assert_eq!(record.identity, e.identity, "identity at offset {offset}");
+        let json = match identity_only && !e.identity.is_empty() {
+            true => Some(Vec::new()),
+            false => e.json.clone(),
+        };
+        assert_eq!(Some(&record.json), json.as_ref(), "json at offset {offset}");
     }
 }
 
@@ -801,7 +834,7 @@ fn corruption_in_a_sealed_segment_is_reported_with_its_position() {
 fn unknown_format_version_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let header = SegmentHeader {
-        version: 2,
+        version: 3,
         base_offset: 0,
         created_at_ms: 0,
     }
@@ -812,9 +845,10 @@ fn unknown_format_version_is_refused() {
     fs::write(&path, bytes).unwrap();
     let err = Log::open(config(tmp.path(), 4096)).err().expect("refused");
     assert!(
-        matches!(err, LogError::UnsupportedVersion { version: 2, .. }),
+        matches!(err, LogError::UnsupportedVersion { version: 3, .. }),
         "{err}"
     );
+    assert!(err.to_string().contains("reads versions 1 to 2"), "{err}");
 }
 
 #[test]
@@ -859,23 +893,40 @@ fn metrics_are_rendered() {
     }
 }
 
-// ---- format fixture ----
+// ---- format fixtures ----
 
 const FIXTURE_SEGMENT_BYTES: u64 = 1024;
+const FIXTURE_V2_SEGMENT_BYTES: u64 = 4096;
 
-fn fixture_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/log-v1")
+fn fixture_dir(version: u16) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/log-v{version}"))
+}
+
+/// A copy of a committed fixture in a temporary directory.
+fn copy_fixture(version: u16) -> tempfile::TempDir {
+    let tmp = tempfile::tempdir().unwrap();
+    for entry in fs::read_dir(fixture_dir(version)).expect("fixture present") {
+        let entry = entry.unwrap();
+        fs::copy(entry.path(), tmp.path().join(entry.file_name())).unwrap();
+    }
+    tmp
 }
 
 struct FixtureFrame {
     source: String,
     received_at_ms: i64,
     codec: Codec,
-    /// (messageId, json); an empty json is an erased entry.
-    entries: Vec<(String, String)>,
+    /// An empty json is an erased entry; an empty identity is none.
+    entries: Vec<FixtureEntry>,
 }
 
-/// The frames stored in `tests/fixtures/log-v1`.
+struct FixtureEntry {
+    message_id: String,
+    json: String,
+    identity: String,
+}
+
+/// The frames stored in `tests/fixtures/log-v1` (no identities: version 1 has none).
 fn fixture_frames() -> Vec<FixtureFrame> {
     (0..12u64)
         .map(|f| {
@@ -891,7 +942,54 @@ fn fixture_frames() -> Vec<FixtureFrame> {
                             r#"{{"type":"track","event":"Fixture {f}","messageId":"{id}","properties":{{"plan":"pro","plan2":"pro","plan3":"pro"}}}}"#
                         )
                     };
-                    (id, json)
+                    FixtureEntry {
+                        message_id: id,
+                        json,
+                        identity: String::new(),
+                    }
+                })
+                .collect();
+            FixtureFrame {
+                source,
+                received_at_ms: 1_700_000_000_000 + f as i64 * 1000,
+                codec,
+                entries,
+            }
+        })
+        .collect()
+}
+
+/// The frames stored in `tests/fixtures/log-v2`: entries with and without identities, an
+/// erased one (handed over with an identity), and blocks of both codecs (frame 3 has both
+/// blocks compressed, frame 7 only the JSON block).
+fn fixture_v2_frames() -> Vec<FixtureFrame> {
+    (0..10u64)
+        .map(|f| {
+            let source = ["web", "ios", "server"][f as usize % 3].to_string();
+            let codec = if f % 2 == 0 { Codec::None } else { Codec::Lz4 };
+            let n = [1, 2, 3, 40, 1, 2, 3, 20, 12, 2][f as usize];
+            let entries = (0..n)
+                .map(|i| {
+                    let id = format!("fx2-{f:02}-{i:02}");
+                    let json = if f == 6 && i == 1 {
+                        String::new() // erased
+                    } else {
+                        format!(
+                            r#"{{"type":"identify","userId":"fx-user-{f}","anonymousId":"fx-anon-{f}-{i}","messageId":"{id}","traits":{{"plan":"pro","email":"u{f}@example.com"}}}}"#
+                        )
+                    };
+                    let identity = if f == 7 || (f + i) % 4 == 2 {
+                        String::new()
+                    } else {
+                        format!(
+                            r#"{{"type":"identify","userId":"fx-user-{f}","anonymousId":"fx-anon-{f}-{i}"}}"#
+                        )
+                    };
+                    FixtureEntry {
+                        message_id: id,
+                        json,
+                        identity,
+                    }
                 })
                 .collect();
             FixtureFrame {
@@ -905,21 +1003,45 @@ fn fixture_frames() -> Vec<FixtureFrame> {
 }
 
 fn fixture_pending(frame: &FixtureFrame) -> PendingFrame {
-    let entries = frame.entries.iter().map(|(id, json)| Entry {
-        message_id: id,
-        json: json.as_bytes(),
+    let entries = frame.entries.iter().map(|e| Entry {
+        message_id: &e.message_id,
+        json: e.json.as_bytes(),
+        identity: e.identity.as_bytes(),
     });
     PendingFrame::encode(&frame.source, frame.received_at_ms, entries, frame.codec)
 }
 
-/// One-time generator of the committed v1 fixture; never run by default.
+/// What the fixture `frames` read back as.
+fn fixture_expect(frames: Vec<FixtureFrame>) -> Vec<Expect> {
+    let mut expected = Vec::new();
+    for frame in frames {
+        for e in frame.entries {
+            let erased = e.json.is_empty();
+            expected.push(Expect {
+                source: frame.source.clone(),
+                received_at_ms: frame.received_at_ms,
+                message_id: e.message_id,
+                json: (!erased).then(|| e.json.into_bytes()),
+                identity: if erased {
+                    Vec::new()
+                } else {
+                    e.identity.into_bytes()
+                },
+            });
+        }
+    }
+    expected
+}
+
+/// One-time generator of the committed v2 fixture; never run by default. (The v1 fixture
+/// can no longer be generated: this binary writes version 2 only.)
 #[test]
-#[ignore = "regenerates tests/fixtures/log-v1; run only when creating a new format version"]
-fn generate_v1_fixture() {
-    let dir = fixture_dir();
+#[ignore = "regenerates tests/fixtures/log-v2; run only when creating a new format version"]
+fn generate_v2_fixture() {
+    let dir = fixture_dir(2);
     let _ = fs::remove_dir_all(&dir);
-    let (log, _) = open(config(&dir, FIXTURE_SEGMENT_BYTES));
-    for frame in fixture_frames() {
+    let (log, _) = open(config(&dir, FIXTURE_V2_SEGMENT_BYTES));
+    for frame in fixture_v2_frames() {
         log.append_blocking(fixture_pending(&frame)).unwrap();
     }
     drop(log);
@@ -928,29 +1050,14 @@ fn generate_v1_fixture() {
 
 #[test]
 fn opens_v1_fixture() {
-    let tmp = tempfile::tempdir().unwrap();
+    let tmp = copy_fixture(1);
     let dir = tmp.path();
-    for entry in fs::read_dir(fixture_dir()).expect("fixture present") {
-        let entry = entry.unwrap();
-        fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
-    }
     let files = segment_files(dir);
     assert_eq!(files.len(), 4, "{files:?}");
     let head = fs::read(&files[0]).unwrap();
     assert_eq!(&head[0..10], b"JNCTNLOG\x01\x00");
 
-    let mut expected = Vec::new();
-    for frame in fixture_frames() {
-        for (message_id, json) in frame.entries {
-            let json = (!json.is_empty()).then(|| json.into_bytes());
-            expected.push(Expect {
-                source: frame.source.clone(),
-                received_at_ms: frame.received_at_ms,
-                message_id,
-                json,
-            });
-        }
-    }
+    let mut expected = fixture_expect(fixture_frames());
     assert_eq!(expected.len(), 24);
     let records = read_all(dir, 0);
     assert_records(&records, &expected, 0);
@@ -964,6 +1071,8 @@ fn opens_v1_fixture() {
     assert!(records.iter().all(|r| r.offset != 8), "offset 8 is erased");
     assert_eq!(records.len(), 23);
     assert_records(&read_all(dir, 13), &expected, 13);
+    // Version 1 frames have no identity block: an identity reader gets the full JSON.
+    assert_eq!(read_identities(dir, 0), records);
 
     let (log, report) = open(config(dir, FIXTURE_SEGMENT_BYTES));
     assert_eq!(
@@ -975,6 +1084,340 @@ fn opens_v1_fixture() {
     expected.extend(more);
     drop(log);
     assert_records(&read_all(dir, 0), &expected, 0);
+}
+
+#[test]
+fn opens_v2_fixture() {
+    let tmp = copy_fixture(2);
+    let dir = tmp.path();
+    let files = segment_files(dir);
+    assert!(files.len() >= 2, "{files:?}");
+    for file in &files {
+        assert_eq!(
+            &fs::read(file).unwrap()[0..10],
+            b"JNCTNLOG\x02\x00",
+            "{file:?}"
+        );
+    }
+    let frames = fixture_v2_frames();
+    // The encoder still writes exactly the committed frames, byte for byte.
+    let mut stored = Vec::new();
+    for (base, path) in segment::list_segments(dir).unwrap() {
+        let bytes = fs::read(&path).unwrap();
+        let mut cursor = segment::SegmentCursor::open(&path, base).unwrap();
+        loop {
+            let pos = cursor.pos;
+            let segment::Step::Frame { frame, end } = cursor.peek().unwrap() else {
+                break;
+            };
+            let (first, next) = (frame.first_offset, frame.end_offset());
+            let codecs = match frame.payload {
+                Payload::Split { ids, events } => (ids.codec, events.codec),
+                Payload::Single(_) => panic!("version 1 frame in the v2 fixture"),
+            };
+            stored.push((first, bytes[pos as usize..end as usize].to_vec(), codecs));
+            cursor.advance(end, next);
+        }
+    }
+    assert_eq!(stored.len(), frames.len());
+    let mut next = 0;
+    for (frame, (first, bytes, _)) in frames.iter().zip(&stored) {
+        assert_eq!(*first, next);
+        let mut pending = fixture_pending(frame);
+        assert_eq!(pending.finalize(next), &bytes[..], "frame at offset {next}");
+        next += u64::from(pending.count());
+    }
+    let codecs: Vec<_> = stored.iter().map(|(_, _, c)| *c).collect();
+    assert_eq!(codecs[3], (Codec::Lz4, Codec::Lz4));
+    assert_eq!(codecs[7], (Codec::None, Codec::Lz4));
+    assert_eq!(codecs[0], (Codec::None, Codec::None));
+
+    let mut expected = fixture_expect(frames);
+    assert_eq!(expected.len(), 86);
+    let records = read_all(dir, 0);
+    assert_records(&records, &expected, 0);
+    assert_eq!(records.len(), 85, "one erased entry");
+    assert_eq!(
+        String::from_utf8(records[0].identity.clone()).unwrap(),
+        r#"{"type":"identify","userId":"fx-user-0","anonymousId":"fx-anon-0-0"}"#
+    );
+    let identities = read_identities(dir, 0);
+    assert_identity_records(&identities, &expected, 0);
+    assert!(identities.iter().any(|r| r.json.is_empty()));
+    assert!(identities.iter().any(|r| r.identity.is_empty()));
+    assert_identity_records(&read_identities(dir, 47), &expected, 47);
+
+    let (log, report) = open(config(dir, FIXTURE_V2_SEGMENT_BYTES));
+    assert_eq!((report.next_offset, report.truncated_bytes), (86, 0));
+    let (more, _) = append_frames(&log, 2, 3, 500);
+    expected.extend(more);
+    drop(log);
+    assert_records(&read_all(dir, 0), &expected, 0);
+}
+
+/// Satisfies point 3 of format version 2: an old binary must never find a version 2 frame
+/// in a version 1 segment, so a v1 log is continued in a new segment.
+#[test]
+fn v1_log_is_continued_in_a_new_v2_segment() {
+    let tmp = copy_fixture(1);
+    let dir = tmp.path();
+    let old: Vec<(PathBuf, Vec<u8>)> = segment_files(dir)
+        .into_iter()
+        .map(|p| (p.clone(), fs::read(&p).unwrap()))
+        .collect();
+    let mut expected = fixture_expect(fixture_frames());
+
+    let (log, report) = open(config(dir, FIXTURE_SEGMENT_BYTES));
+    assert_eq!((report.next_offset, report.segments), (24, 4));
+    let mut more = Vec::new();
+    for seed in 0..3 {
+        let (frame, expect) = make_frame(seed, 2, 10, Codec::Lz4, 5);
+        assert_eq!(
+            log.append_blocking(frame).unwrap().first_offset,
+            24 + 2 * seed
+        );
+        more.extend(expect);
+    }
+    assert!(more.iter().any(|e| !e.identity.is_empty()));
+    assert_eq!(log.stats().segments, 5);
+    drop(log);
+
+    for (path, bytes) in &old {
+        assert_eq!(&fs::read(path).unwrap(), bytes, "{path:?} unchanged");
+    }
+    let files = segment_files(dir);
+    assert_eq!(files.len(), 5, "{files:?}");
+    assert_eq!(files[4], segment::segment_path(dir, 24));
+    let header = SegmentHeader::decode(&fs::read(&files[4]).unwrap()).unwrap();
+    assert_eq!((header.version, header.base_offset), (2, 24));
+
+    expected.extend(more);
+    assert_records(&read_all(dir, 0), &expected, 0);
+    assert_records(&read_all(dir, 20), &expected, 20);
+    assert_identity_records(&read_identities(dir, 0), &expected, 0);
+    let asked: Vec<u64> = (0..expected.len() as u64).rev().collect();
+    assert_eq!(
+        EventFetcher::new(dir).read(&asked).unwrap(),
+        expected_records(&expected, 0, &asked)
+    );
+
+    // Reopened, the log appends to its v2 segment.
+    let (log, report) = open(config(dir, FIXTURE_SEGMENT_BYTES));
+    assert_eq!((report.next_offset, report.segments), (30, 5));
+    let (last, _) = append_frames(&log, 1, 1, 77);
+    drop(log);
+    assert_eq!(segment_files(dir).len(), 5);
+    expected.extend(last);
+    assert_records(&read_all(dir, 0), &expected, 0);
+}
+
+#[test]
+fn empty_v1_segment_is_replaced_by_a_v2_segment() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_segment_version(dir, 0, 1, [], 4096);
+    let (log, report) = open(config(dir, 4096));
+    assert_eq!((report.next_offset, report.segments), (0, 1));
+    let (expected, _) = append_frames(&log, 2, 2, 0);
+    drop(log);
+    let files = segment_files(dir);
+    assert_eq!(files, [segment::segment_path(dir, 0)]);
+    let header = SegmentHeader::decode(&fs::read(&files[0]).unwrap()).unwrap();
+    assert_eq!(header.version, FORMAT_VERSION);
+    assert_records(&read_all(dir, 0), &expected, 0);
+}
+
+#[test]
+fn v2_frame_in_a_v1_segment_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let (v1_frame, mut expected) = make_frame(0, 2, 10, Codec::None, 1);
+    let (v2_frame, _) = make_frame(1, 2, 10, Codec::None, 1);
+    let v1_frame = {
+        // The same entries, as version 1 wrote them (no identities).
+        let entries = expected.iter().map(|e| Entry {
+            message_id: &e.message_id,
+            json: e.json.as_deref().unwrap_or_default(),
+            identity: b"",
+        });
+        drop(v1_frame);
+        PendingFrame::encode_v1("src-0", 1, entries, Codec::None)
+    };
+    for e in &mut expected {
+        e.identity.clear();
+    }
+    let end = write_segment_version(dir, 0, 1, [v1_frame, v2_frame], 4096);
+    write_segment(dir, end, [], 4096);
+    let mut reader = LogReader::open(dir, 0).unwrap();
+    let mut records = Vec::new();
+    let err = loop {
+        match reader.next_record() {
+            Ok(Some(record)) => records.push(record),
+            Ok(None) => panic!("invalid frame skipped silently"),
+            Err(e) => break e,
+        }
+    };
+    assert_records(&records, &expected, 0);
+    assert!(
+        err.to_string()
+            .contains("version 2 frame in a version 1 segment"),
+        "{err}"
+    );
+}
+
+// ---- identity-only reading ----
+
+#[test]
+fn identity_reader_returns_projections_and_falls_back_to_json() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // A v2 segment that also holds v1 frames (readers tell them apart frame by frame),
+    // then a log continuing it with v2 frames of both codecs.
+    let mut expected = Vec::new();
+    let mut frames = Vec::new();
+    for seed in 0..6u64 {
+        let codec = if seed % 2 == 0 {
+            Codec::None
+        } else {
+            Codec::Lz4
+        };
+        let (frame, mut expect) = make_frame(seed, 1 + seed * 4, 200, codec, seed as i64);
+        if seed % 3 == 0 {
+            drop(frame);
+            for e in &mut expect {
+                e.identity.clear();
+            }
+            let entries = expect.iter().map(|e| Entry {
+                message_id: &e.message_id,
+                json: e.json.as_deref().unwrap_or_default(),
+                identity: b"",
+            });
+            let source = expect[0].source.clone();
+            frames.push(PendingFrame::encode_v1(
+                &source,
+                seed as i64,
+                entries,
+                codec,
+            ));
+        } else {
+            frames.push(frame);
+        }
+        expected.extend(expect);
+    }
+    let end = write_segment(dir, 0, frames, 64 << 10);
+    assert_eq!(end, expected.len() as u64);
+    let (log, _) = open(config(dir, 64 << 10));
+    for seed in 6..40u64 {
+        let codec = if seed % 2 == 0 {
+            Codec::None
+        } else {
+            Codec::Lz4
+        };
+        let (frame, expect) = make_frame(seed, 1 + seed % 30, 150, codec, seed as i64);
+        log.append_blocking(frame).unwrap();
+        expected.extend(expect);
+    }
+    // Frames whose entries all have an identity, large enough for LZ4 on both blocks.
+    for seed in 40..44u64 {
+        let (_, mut expect) = make_frame(seed, 30, 150, Codec::Lz4, seed as i64);
+        for (i, e) in (0..).zip(&mut expect) {
+            e.json = Some(event_json(i, 150));
+            e.identity = format!(r#"{{"userId":"all-{seed}-{i}","anonymousId":"a"}}"#).into_bytes();
+        }
+        let entries = expect.iter().map(|e| Entry {
+            message_id: &e.message_id,
+            json: e.json.as_deref().unwrap_or_default(),
+            identity: &e.identity,
+        });
+        let frame = PendingFrame::encode(&expect[0].source, seed as i64, entries, Codec::Lz4);
+        log.append_blocking(frame).unwrap();
+        expected.extend(expect);
+    }
+    let n = expected.len() as u64;
+    assert_eq!(log.next_offset(), n);
+    assert!(segment_files(dir).len() > 1, "rolled");
+    for from in [0, 1, 7, 30, n / 2, n - 3, n] {
+        assert_identity_records(&read_identities(dir, from), &expected, from);
+        assert_records(&read_all(dir, from), &expected, from);
+    }
+    let identities = read_identities(dir, 0);
+    let with = identities.iter().filter(|r| !r.identity.is_empty()).count();
+    let without = identities.len() - with;
+    assert!(
+        with > 100 && without > 20,
+        "{with} with identity, {without} without"
+    );
+    assert!(
+        identities
+            .iter()
+            .all(|r| r.json.is_empty() != r.identity.is_empty())
+    );
+
+    // Following a live writer, bounded by the durable end, like any reader.
+    let mut reader = LogReader::open_identities(dir, n).unwrap();
+    reader.set_end_offset(Some(log.next_offset()));
+    assert_eq!(reader.next_record().unwrap(), None);
+    let (frame, expect) = make_frame(90, 3, 10, Codec::None, 9);
+    log.append_blocking(frame).unwrap();
+    expected.extend(expect);
+    reader.set_end_offset(Some(log.next_offset()));
+    let tail = drain(reader);
+    assert_identity_records(&tail, &expected, n);
+}
+
+/// Replaces the stored bytes of block B (the JSON) of the frame at `pos` with garbage and
+/// re-seals its CRC: a valid frame whose JSON block cannot be decompressed.
+fn garble_json_block(path: &Path, pos: u64) {
+    let mut bytes = fs::read(path).unwrap();
+    let at = pos as usize + 8;
+    let (len, _) = format::frame_prefix(&bytes[pos as usize..]);
+    let body = &bytes[at..at + len as usize];
+    let Payload::Split { events, .. } = format::parse_body(body).unwrap().payload else {
+        panic!("not a v2 frame");
+    };
+    assert_eq!(events.codec, Codec::Lz4);
+    let from = events.stored.as_ptr() as usize - body.as_ptr() as usize;
+    let to = from + events.stored.len();
+    bytes[at + from..at + to].fill(0xff);
+    let crc = crc32c::crc32c(&bytes[at..at + len as usize]);
+    bytes[pos as usize + 4..at].copy_from_slice(&crc.to_le_bytes());
+    fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn identity_reader_never_decodes_the_json_block_it_does_not_need() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let ids: Vec<String> = (0..40).map(|i| format!("m-{i}")).collect();
+    let json = event_json(1, 300);
+    let identity = br#"{"userId":"u-1","anonymousId":"a-1"}"#;
+    let entries = ids.iter().map(|id| Entry {
+        message_id: id,
+        json: &json,
+        identity,
+    });
+    let frame = PendingFrame::encode("web", 1, entries, Codec::Lz4);
+    let end = write_segment(dir, 0, [frame], 64 << 10);
+    write_segment(dir, end, [], 4096);
+    garble_json_block(&segment_files(dir)[0], SEGMENT_HEADER_LEN);
+
+    let records = read_identities(dir, 0);
+    assert_eq!(records.len(), 40);
+    assert!(
+        records
+            .iter()
+            .all(|r| r.identity == identity && r.json.is_empty())
+    );
+    let mut full = LogReader::open(dir, 0).unwrap();
+    match full.next_record() {
+        Err(LogError::Corrupt {
+            reason, position, ..
+        }) => {
+            assert_eq!(position, SEGMENT_HEADER_LEN);
+            assert!(reason.contains("lz4"), "{reason}");
+        }
+        other => panic!("the full reader decodes block B: {other:?}"),
+    }
 }
 
 // ---- random access (fetch.rs) ----
@@ -993,6 +1436,7 @@ fn expected_records(expected: &[Expect], first: u64, offsets: &[u64]) -> Vec<Rec
                 source: e.source.as_str().into(),
                 message_id: e.message_id.clone(),
                 json,
+                identity: e.identity.clone(),
             })
         })
         .collect()
@@ -1043,6 +1487,7 @@ fn rewrite_segment(
                             true => b"",
                             false => e.json.as_deref().unwrap_or_default(),
                         },
+                        identity: &e.identity,
                     });
                 let mut pending =
                     PendingFrame::encode(frame.source, frame.received_at_ms, kept, codec);
@@ -1074,7 +1519,22 @@ fn write_segment(
     frames: impl IntoIterator<Item = PendingFrame>,
     size: u64,
 ) -> u64 {
-    let mut bytes = SegmentHeader::new(base, 0).encode().to_vec();
+    write_segment_version(dir, base, FORMAT_VERSION, frames, size)
+}
+
+/// [`write_segment`] with a header of format `version`.
+fn write_segment_version(
+    dir: &Path,
+    base: u64,
+    version: u16,
+    frames: impl IntoIterator<Item = PendingFrame>,
+    size: u64,
+) -> u64 {
+    let header = SegmentHeader {
+        version,
+        ..SegmentHeader::new(base, 0)
+    };
+    let mut bytes = header.encode().to_vec();
     let mut next = base;
     for mut frame in frames {
         bytes.extend_from_slice(frame.finalize(next));
@@ -1369,9 +1829,9 @@ fn fetch_reports_corruption_in_a_sealed_segment_and_stops_at_a_bad_tail() {
 fn fetch_index_stays_sparse() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    // 20k single-event frames (~180 bytes each) in a 4 MiB segment, then an empty newer one.
+    // 20k single-event frames (~190 bytes each) in a 4 MiB segment, then an empty newer one.
     let size = 4 << 20;
-    let frames = (0..20_000u64).map(|seed| make_frame(seed, 1, 60, Codec::None, 0).0);
+    let frames = (0..20_000u64).map(|seed| make_frame(seed, 1, 40, Codec::None, 0).0);
     let end = write_segment(dir, 0, frames, size);
     write_segment(dir, end, [], 1024);
     let fetcher = EventFetcher::new(dir);
@@ -1461,6 +1921,89 @@ fn measure_fetch_from_full_segments() {
 
 // ---- measurement ----
 
+/// `cargo test --release -p junction --lib log::tests::measure_identity -- --ignored --nocapture`
+#[test]
+#[ignore = "measurement; run once in release"]
+fn measure_identity_only_reads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // 3000 frames of 64 events: ~850-byte events with varying values, ~100-byte projections.
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut hex = |n: usize| {
+        (0..n)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                char::from(b"0123456789abcdef"[(state % 16) as usize])
+            })
+            .collect::<String>()
+    };
+    let (log, _) = open(LogConfig::new(dir));
+    let mut json_bytes = 0;
+    for f in 0..3000u64 {
+        let events: Vec<(String, Vec<u8>, Vec<u8>)> = (0..64)
+            .map(|i| {
+                let (user, anon) = (hex(16), hex(32));
+                let json = format!(
+                    r#"{{"type":"track","event":"Order Completed","userId":"{user}","anonymousId":"{anon}","messageId":"{}","timestamp":"2024-05-01T12:00:00.000Z","context":{{"ip":"10.0.{}.{}","library":{{"name":"analytics.js","version":"2.11.1"}},"page":{{"path":"/checkout/{}","url":"https://shop.example.com/checkout/{}"}},"userAgent":"Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/124.0 Safari/537.36"}},"properties":{{"order_id":"{}","total":{},"currency":"EUR","products":[{{"sku":"{}","price":19.99,"quantity":1}},{{"sku":"{}","price":5.5,"quantity":2}}]}}}}"#,
+                    hex(36), f % 256, i, hex(8), hex(8), hex(12), f * 7 + i, hex(10), hex(10)
+                );
+                let identity =
+                    format!(r#"{{"type":"track","userId":"{user}","anonymousId":"{anon}"}}"#);
+                (hex(36), json.into_bytes(), identity.into_bytes())
+            })
+            .collect();
+        json_bytes += events.iter().map(|e| e.1.len()).sum::<usize>();
+        let entries = events.iter().map(|(id, json, identity)| Entry {
+            message_id: id,
+            json,
+            identity,
+        });
+        let frame = PendingFrame::encode("web", 0, entries, Codec::Lz4);
+        log.append_blocking(frame).unwrap();
+    }
+    drop(log);
+    println!(
+        "{} events, {:.0} bytes of JSON per event",
+        3000 * 64,
+        json_bytes as f64 / (3000.0 * 64.0)
+    );
+    for round in 0..2 {
+        // The floor: reading the segments and checking every CRC, decoding nothing.
+        let started = Instant::now();
+        for (base, path) in segment::list_segments(dir).unwrap() {
+            segment::SegmentCursor::open(&path, base)
+                .unwrap()
+                .scan()
+                .unwrap();
+        }
+        let elapsed = started.elapsed();
+        println!(
+            "round {round} frames only (CRC, no decoding): {elapsed:?} ({:.0} ns/event)",
+            elapsed.as_nanos() as f64 / (3000.0 * 64.0)
+        );
+        for (name, identity_only) in [("full", false), ("identity-only", true)] {
+            let started = Instant::now();
+            let mut reader = match identity_only {
+                true => LogReader::open_identities(dir, 0),
+                false => LogReader::open(dir, 0),
+            }
+            .unwrap();
+            let (mut n, mut bytes) = (0u64, 0usize);
+            while let Some(r) = reader.next_record().unwrap() {
+                n += 1;
+                bytes += r.json.len() + r.identity.len();
+            }
+            let elapsed = started.elapsed();
+            println!(
+                "round {round} {name}: {n} records, {bytes} bytes, {elapsed:?} ({:.0} ns/record)",
+                elapsed.as_nanos() as f64 / n as f64
+            );
+        }
+    }
+}
+
 /// `cargo test --release -p junction --lib log::tests::measure -- --ignored --nocapture`
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measurement; run once in release"]
@@ -1469,10 +2012,12 @@ async fn measure_group_commit_throughput() {
     let (log, _) = open(LogConfig::new(tmp.path()));
     let json = event_json(0, 950); // ~1 KiB events, 64 per frame ≈ 64 KiB frames
     let ids: Vec<String> = (0..64).map(|i| format!("{i:036}")).collect();
+    let identity = br#"{"type":"track","userId":"user-000000000000000000001","anonymousId":"anon-00000000000000000001"}"#;
     let frame_len = {
         let entries = ids.iter().map(|id| Entry {
             message_id: id,
             json: &json,
+            identity,
         });
         PendingFrame::encode("bench", 0, entries, Codec::None).len_bytes()
     };
@@ -1487,6 +2032,7 @@ async fn measure_group_commit_throughput() {
                 let entries = ids.iter().map(|id| Entry {
                     message_id: id,
                     json: &json,
+                    identity,
                 });
                 let frame = PendingFrame::encode("bench", 0, entries, Codec::None);
                 match log.append(frame).await {

@@ -15,6 +15,9 @@
 //! - The preparer keeps one preallocated spare file ready; after a failure it retries every
 //!   ~1 s. A frame larger than a spare gets a segment sized to fit, prepared by the writer.
 //! - Retention deletes whole sealed segments (never the active one), oldest first.
+//! - Frames go only into segments of the current [`FORMAT_VERSION`]: when the active segment
+//!   found on open is older, the first append rolls to a new segment (an empty one is
+//!   replaced under its name).
 
 use std::collections::VecDeque;
 use std::fs;
@@ -26,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, watch};
 
-use super::format::{PendingFrame, SEGMENT_HEADER_LEN};
+use super::format::{FORMAT_VERSION, PendingFrame, SEGMENT_HEADER_LEN};
 use super::segment::{self, ActiveSegment, Prepared, SealedSegment};
 use super::{AppendError, Appended, FailPoints, LogConfig, Retention};
 use crate::metrics::{Counter, Gauge, Histogram};
@@ -341,7 +344,13 @@ impl Writer {
                 self.fail(done, len, reason);
                 continue;
             }
-            if self.active.pos + self.buf.len() as u64 + len > self.active.capacity {
+            // A segment of an older format version (found on open) gets no new frames: a
+            // binary of that version must be able to read every frame of it.
+            let outdated = self.active.version != FORMAT_VERSION;
+            if outdated || self.active.pos + self.buf.len() as u64 + len > self.active.capacity {
+                if outdated {
+                    tracing::info!(segment = %self.active.path.display(), version = self.active.version, "continuing a log of an older format version in a new segment");
+                }
                 self.flush();
                 if self.shared.fault().is_none()
                     && let Err(reason) = self.roll(len)

@@ -10,12 +10,15 @@
 //!   committer thread writes it while the processor goes on applying; one commit is in
 //!   flight at a time, in order. A failed commit's changes are put back and retried with the
 //!   next one; nothing is marked committed until its write succeeded.
+//! - Events are read through their identity projection (`LogReader::open_identities`)
+//!   unless a rule reads event properties, which only the full event holds.
 //! - A stored event that cannot be parsed is counted (`junction_unify_bad_events_total`)
 //!   and skipped: it cannot block the log.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, SyncSender};
 use std::time::{Duration, Instant};
 
 use junction_core::identity::{Changes, EventMeta, Graph, Observed, observe};
@@ -54,9 +57,10 @@ fn read_slice(
     (out, None)
 }
 
-/// Applies parsed events in order; returns the next offset to apply.
-fn apply_to(graph: &mut Graph, slice: Vec<Parsed>, mut next: u64) -> u64 {
-    for (meta, observed) in slice {
+/// Applies parsed events in order (draining `slice`, whose buffer the caller may reuse);
+/// returns the next offset to apply.
+fn apply_to(graph: &mut Graph, slice: &mut Vec<Parsed>, mut next: u64) -> u64 {
+    for (meta, observed) in slice.drain(..) {
         if let Some(o) = observed {
             graph.apply(&meta, o);
         }
@@ -66,7 +70,7 @@ fn apply_to(graph: &mut Graph, slice: Vec<Parsed>, mut next: u64) -> u64 {
 }
 
 /// [`apply_to`] the shared graph under its write lock, and publishes the progress.
-fn apply(unify: &Unify, slice: Vec<Parsed>, next: u64) -> u64 {
+fn apply(unify: &Unify, slice: &mut Vec<Parsed>, next: u64) -> u64 {
     let next = apply_to(&mut unify.graph_mut(), slice, next);
     unify.applied.store(next, Ordering::Release);
     next
@@ -174,9 +178,10 @@ pub fn catch_up(unify: &Unify, progress: &mut dyn FnMut(u64, u64)) -> anyhow::Re
     let mut next = unify.applied();
     let mut count = 0u64;
     for slice in pipeline.slices.iter() {
-        let slice = slice?;
+        let mut slice = slice?;
         count += slice.len() as u64;
-        next = apply(unify, slice, next);
+        next = apply(unify, &mut slice, next);
+        pipeline.recycle(slice);
         unify.log_end.fetch_max(next, Ordering::AcqRel);
         progress(next, count);
     }
@@ -196,9 +201,10 @@ pub fn replay(
     let pipeline = Pipeline::start(log_dir, 0, rules, Arc::default())?;
     let (mut next, mut count) = (0u64, 0u64);
     for slice in pipeline.slices.iter() {
-        let slice = slice?;
+        let mut slice = slice?;
         count += slice.len() as u64;
-        next = apply_to(&mut graph, slice, next);
+        next = apply_to(&mut graph, &mut slice, next);
+        pipeline.recycle(slice);
         progress(next, count);
     }
     pipeline.join()?;
@@ -206,11 +212,18 @@ pub fn replay(
 }
 
 /// A reader thread that decodes and parses slices ahead of the applier (replay uses both
-/// cores: one parses, one applies).
+/// cores: one parses, one applies). Applied slices come back through [`Pipeline::recycle`]
+/// so their buffers are reused rather than allocated (and page-faulted) again.
 struct Pipeline {
-    slices: std::sync::mpsc::Receiver<anyhow::Result<Vec<Parsed>>>,
+    slices: Receiver<anyhow::Result<Vec<Parsed>>>,
+    spare: SyncSender<Vec<Parsed>>,
     thread: std::thread::JoinHandle<()>,
 }
+
+/// Events per slice of the pipeline.
+const PIPELINE_SLICE: usize = 4096;
+/// Slices parsed ahead of the applier.
+const PIPELINE_DEPTH: usize = 16;
 
 impl Pipeline {
     fn start(
@@ -219,15 +232,18 @@ impl Pipeline {
         rules: junction_core::identity::Rules,
         bad: Arc<std::sync::atomic::AtomicU64>,
     ) -> anyhow::Result<Pipeline> {
-        let mut reader = LogReader::open(log_dir, from)?;
-        let (tx, rx) = std::sync::mpsc::sync_channel(16);
+        let mut reader = open_reader(log_dir, from, &rules)?;
+        let (tx, rx) = std::sync::mpsc::sync_channel(PIPELINE_DEPTH);
+        let (spare, spares) = std::sync::mpsc::sync_channel::<Vec<Parsed>>(PIPELINE_DEPTH + 2);
         let thread = std::thread::Builder::new()
             .name("unify-reader".into())
             .spawn(move || {
                 loop {
-                    let mut slice = Vec::with_capacity(4096);
+                    let mut slice = spares
+                        .try_recv()
+                        .unwrap_or_else(|_| Vec::with_capacity(PIPELINE_SLICE));
                     let result = (|| {
-                        while slice.len() < 4096 {
+                        while slice.len() < PIPELINE_SLICE {
                             let Some(record) = reader.next_record()? else {
                                 break;
                             };
@@ -235,7 +251,7 @@ impl Pipeline {
                         }
                         anyhow::Ok(())
                     })();
-                    let done = slice.len() < 4096;
+                    let done = slice.len() < PIPELINE_SLICE;
                     let send = match result {
                         Ok(()) if slice.is_empty() => break,
                         Ok(()) => tx.send(Ok(slice)),
@@ -250,7 +266,16 @@ impl Pipeline {
                 }
             })
             .expect("spawning the unify reader thread");
-        Ok(Pipeline { slices: rx, thread })
+        Ok(Pipeline {
+            slices: rx,
+            spare,
+            thread,
+        })
+    }
+
+    /// Hands an applied (empty) slice back to the reader for reuse.
+    fn recycle(&self, slice: Vec<Parsed>) {
+        let _ = self.spare.try_send(slice);
     }
 
     fn join(self) -> anyhow::Result<()> {
@@ -261,12 +286,32 @@ impl Pipeline {
     }
 }
 
+/// A reader of what [`parse_with`] needs: identity projections where they suffice.
+fn open_reader(
+    dir: &Path,
+    from: u64,
+    rules: &junction_core::identity::Rules,
+) -> Result<LogReader, crate::log::LogError> {
+    if rules.property_identifiers.is_empty() {
+        LogReader::open_identities(dir, from)
+    } else {
+        LogReader::open(dir, from)
+    }
+}
+
 fn parse_with(
     record: Record,
     rules: &junction_core::identity::Rules,
     bad: &std::sync::atomic::AtomicU64,
 ) -> Parsed {
-    let observed = match observe(&record.json, rules) {
+    // The projection reads like the event for every rule that reads no property
+    // (`junction_core::identity::project`); events stored without one are parsed whole.
+    let json = if record.identity.is_empty() || !rules.property_identifiers.is_empty() {
+        &record.json
+    } else {
+        &record.identity
+    };
+    let observed = match observe(json, rules) {
         Ok(o) => Some(o),
         Err(e) => {
             bad.fetch_add(1, Ordering::Relaxed);
@@ -321,7 +366,8 @@ pub fn spawn(unify: Arc<Unify>, log: Log, commit_interval: Duration) -> Processo
                 .build()
                 .expect("a timer runtime for the unify thread");
             let mut appended = log.subscribe();
-            let mut reader = match LogReader::open(log.dir(), unify.applied()) {
+            let rules = unify.graph().rules().clone();
+            let mut reader = match open_reader(log.dir(), unify.applied(), &rules) {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::error!(error = %e, "the unify processor cannot read the log");
@@ -340,10 +386,10 @@ pub fn spawn(unify: Arc<Unify>, log: Log, commit_interval: Duration) -> Processo
                     std::thread::sleep(Duration::from_millis(1));
                     continue;
                 }
-                let (slice, error) = read_slice(&unify, &mut reader, SLICE);
+                let (mut slice, error) = read_slice(&unify, &mut reader, SLICE);
                 let read = slice.len();
                 if read > 0 {
-                    next = apply(&unify, slice, next);
+                    next = apply(&unify, &mut slice, next);
                 }
                 if let Some(e) = error {
                     tracing::error!(error = %e, "the unify processor cannot read the log; retrying");
@@ -355,7 +401,7 @@ pub fn spawn(unify: Arc<Unify>, log: Log, commit_interval: Duration) -> Processo
                         let _ = tokio::time::timeout(Duration::from_secs(1), stopped.changed()).await;
                     });
                     // Start over from the last applied event.
-                    match LogReader::open(log.dir(), next) {
+                    match open_reader(log.dir(), next, &rules) {
                         Ok(r) => reader = r,
                         Err(e) => tracing::error!(error = %e, "the unify processor cannot reopen the log"),
                     }

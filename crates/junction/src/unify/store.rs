@@ -212,37 +212,47 @@ impl Store {
         Ok(p.committed)
     }
 
-    /// Writes the whole graph into an empty store in chunks; the checkpoint goes in the last
-    /// batch, so an interrupted write leaves a store without checkpoint (replayed from 0).
+    /// Writes the whole graph into an empty store by bulk ingestion (sorted tables written
+    /// directly, no journal); the checkpoint goes in last, so an interrupted write leaves a
+    /// store without checkpoint (replayed from 0).
     pub fn write_all(&self, graph: &Graph, checkpoint: u64) -> anyhow::Result<Committed> {
+        /// Profiles per timeline entry.
         const CHUNK: usize = 20_000;
         let (profiles, accounts) = graph.canonical();
         let mut out = Committed::default();
         let mut seq = 0u64;
+        let mut ingest = self.profiles.start_ingestion()?;
+        for p in &profiles {
+            let v = postcard::to_allocvec(*p)?;
+            out.bytes += v.len();
+            ingest.write(p.id.to_be_bytes(), v)?;
+        }
+        ingest
+            .finish()
+            .context("writing the state store's profiles")?;
+        let mut ingest = self.timeline.start_ingestion()?;
         for chunk in profiles.chunks(CHUNK) {
-            let mut batch = self.db.batch();
-            let mut ops = Vec::new();
-            for p in chunk {
-                let v = postcard::to_allocvec(*p)?;
-                out.bytes += v.len();
-                batch.insert(&self.profiles, p.id.to_be_bytes(), v);
-                ops.extend(p.events.iter().map(|e| TimelineOp::Add(p.id, *e)));
-            }
+            let ops: Vec<TimelineOp> = chunk
+                .iter()
+                .flat_map(|p| p.events.iter().map(|e| TimelineOp::Add(p.id, *e)))
+                .collect();
             let v = postcard::to_allocvec(&ops)?;
             out.bytes += v.len();
-            batch.insert(&self.timeline, seq.to_be_bytes(), v);
+            ingest.write(seq.to_be_bytes(), v)?;
             seq += 1;
-            batch.commit().context("writing the state store")?;
         }
-        for chunk in accounts.chunks(CHUNK) {
-            let mut batch = self.db.batch();
-            for a in chunk {
-                let v = postcard::to_allocvec(*a)?;
-                out.bytes += v.len();
-                batch.insert(&self.accounts, a.group_id.as_bytes(), v);
-            }
-            batch.commit().context("writing the state store")?;
+        ingest
+            .finish()
+            .context("writing the state store's timeline")?;
+        let mut ingest = self.accounts.start_ingestion()?;
+        for a in &accounts {
+            let v = postcard::to_allocvec(*a)?;
+            out.bytes += v.len();
+            ingest.write(a.group_id.as_bytes(), v)?;
         }
+        ingest
+            .finish()
+            .context("writing the state store's accounts")?;
         out.records = profiles.len() + accounts.len();
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
         batch.insert(&self.meta, CHECKPOINT, checkpoint.to_be_bytes());

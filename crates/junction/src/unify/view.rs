@@ -1173,6 +1173,7 @@ mod tests {
             source: "web".into(),
             message_id: format!("m{offset}"),
             json: json.to_string().into_bytes(),
+            identity: Vec::new(),
         }
     }
 
