@@ -100,6 +100,26 @@ pub struct Committed {
     pub bytes: usize,
 }
 
+/// Bulk-writes `(key, record)` pairs, keys ascending, into an empty keyspace (sorted tables
+/// written directly, no journal); returns the encoded bytes.
+fn ingest_sorted<T: serde::Serialize + ?Sized>(
+    keyspace: &Keyspace,
+    name: &str,
+    records: impl Iterator<Item = (Vec<u8>, impl std::ops::Deref<Target = T>)>,
+) -> anyhow::Result<usize> {
+    let mut bytes = 0;
+    let mut ingest = keyspace.start_ingestion()?;
+    for (key, record) in records {
+        let v = postcard::to_allocvec(&*record)?;
+        bytes += v.len();
+        ingest.write(key, v)?;
+    }
+    ingest
+        .finish()
+        .with_context(|| format!("writing the state store's {name}"))?;
+    Ok(bytes)
+}
+
 fn u64_value(v: &[u8]) -> anyhow::Result<u64> {
     Ok(u64::from_be_bytes(
         v.try_into().context("a meta value is not 8 bytes")?,
@@ -220,39 +240,35 @@ impl Store {
         const CHUNK: usize = 20_000;
         let (profiles, accounts) = graph.canonical();
         let mut out = Committed::default();
-        let mut seq = 0u64;
-        let mut ingest = self.profiles.start_ingestion()?;
-        for p in &profiles {
-            let v = postcard::to_allocvec(*p)?;
-            out.bytes += v.len();
-            ingest.write(p.id.to_be_bytes(), v)?;
-        }
-        ingest
-            .finish()
-            .context("writing the state store's profiles")?;
-        let mut ingest = self.timeline.start_ingestion()?;
-        for chunk in profiles.chunks(CHUNK) {
-            let ops: Vec<TimelineOp> = chunk
+        out.bytes += ingest_sorted(
+            &self.profiles,
+            "profiles",
+            profiles.iter().map(|p| (p.id.to_be_bytes().to_vec(), *p)),
+        )?;
+        let timeline: Vec<Vec<TimelineOp>> = profiles
+            .chunks(CHUNK)
+            .map(|chunk| {
+                chunk
+                    .iter()
+                    .flat_map(|p| p.events.iter().map(|e| TimelineOp::Add(p.id, *e)))
+                    .collect()
+            })
+            .collect();
+        let seq = timeline.len() as u64;
+        out.bytes += ingest_sorted(
+            &self.timeline,
+            "timeline",
+            (0u64..)
+                .zip(&timeline)
+                .map(|(i, ops)| (i.to_be_bytes().to_vec(), ops)),
+        )?;
+        out.bytes += ingest_sorted(
+            &self.accounts,
+            "accounts",
+            accounts
                 .iter()
-                .flat_map(|p| p.events.iter().map(|e| TimelineOp::Add(p.id, *e)))
-                .collect();
-            let v = postcard::to_allocvec(&ops)?;
-            out.bytes += v.len();
-            ingest.write(seq.to_be_bytes(), v)?;
-            seq += 1;
-        }
-        ingest
-            .finish()
-            .context("writing the state store's timeline")?;
-        let mut ingest = self.accounts.start_ingestion()?;
-        for a in &accounts {
-            let v = postcard::to_allocvec(*a)?;
-            out.bytes += v.len();
-            ingest.write(a.group_id.as_bytes(), v)?;
-        }
-        ingest
-            .finish()
-            .context("writing the state store's accounts")?;
+                .map(|a| (a.group_id.as_bytes().to_vec(), *a)),
+        )?;
         out.records = profiles.len() + accounts.len();
         let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
         batch.insert(&self.meta, CHECKPOINT, checkpoint.to_be_bytes());
