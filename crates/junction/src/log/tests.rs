@@ -1074,16 +1074,29 @@ fn opens_v1_fixture() {
     // Version 1 frames have no identity block: an identity reader gets the full JSON.
     assert_eq!(read_identities(dir, 0), records);
 
-    let (log, report) = open(config(dir, FIXTURE_SEGMENT_BYTES));
+    let report = reopen_and_append(dir, FIXTURE_SEGMENT_BYTES, 1, &mut expected);
     assert_eq!(
         (report.next_offset, report.truncated_bytes, report.segments),
         (24, 0, 4)
     );
-    let (more, _) = append_frames(&log, 2, 1, 500);
-    assert_eq!(log.next_offset(), 26);
+    assert_eq!(expected.len(), 26);
+}
+
+/// Reopens a fixture log for writing, appends two frames of `per_frame` events and checks
+/// that everything reads back; returns the recovery report.
+fn reopen_and_append(
+    dir: &Path,
+    segment_bytes: u64,
+    per_frame: u64,
+    expected: &mut Vec<Expect>,
+) -> RecoveryReport {
+    let (log, report) = open(config(dir, segment_bytes));
+    let (more, _) = append_frames(&log, 2, per_frame, 500);
+    assert_eq!(log.next_offset(), report.next_offset + 2 * per_frame);
     expected.extend(more);
     drop(log);
-    assert_records(&read_all(dir, 0), &expected, 0);
+    assert_records(&read_all(dir, 0), expected, 0);
+    report
 }
 
 #[test]
@@ -1147,12 +1160,8 @@ fn opens_v2_fixture() {
     assert!(identities.iter().any(|r| r.identity.is_empty()));
     assert_identity_records(&read_identities(dir, 47), &expected, 47);
 
-    let (log, report) = open(config(dir, FIXTURE_V2_SEGMENT_BYTES));
+    let report = reopen_and_append(dir, FIXTURE_V2_SEGMENT_BYTES, 3, &mut expected);
     assert_eq!((report.next_offset, report.truncated_bytes), (86, 0));
-    let (more, _) = append_frames(&log, 2, 3, 500);
-    expected.extend(more);
-    drop(log);
-    assert_records(&read_all(dir, 0), &expected, 0);
 }
 
 /// Satisfies point 3 of format version 2: an old binary must never find a version 2 frame
