@@ -2,16 +2,16 @@
 //!
 //! `cargo run --release -p junction-core --example apply_throughput -- EVENTS.jsonl [MAX [PASS]]`
 //!
-//! Every line is parsed with [`identity::observe`] first (untimed; a line that fails still
-//! takes an offset), then all events are applied in order, timed, twice: to an untracked
-//! graph (a rebuild's replay) and to a tracked one with `take_changes` every 100k events (the
-//! live processor's path). `PASS` (`untracked` or `tracked`) runs one of them only, e.g.
-//! under a profiler. Prints events/s, ns/event, profile and merge counts and a 64-bit digest
-//! of the resulting state, so a change to the graph can be checked to keep its behaviour:
-//! equal digests, equal states.
+//! Every line is read into [`Batch`]es of 4,096 events first (untimed; a line that fails
+//! still takes an offset), then all events are applied in order, timed, twice: to an
+//! untracked graph (a rebuild's replay) and to a tracked one with `take_changes` every 100k
+//! events (the live processor's path). `PASS` (`untracked` or `tracked`) runs one of them
+//! only, e.g. under a profiler. Prints events/s, ns/event, profile and merge counts and a
+//! 64-bit digest of the resulting state, so a change to the graph can be checked to keep
+//! its behaviour: equal digests, equal states.
 //!
-//! The events are parsed before the clock starts, so their data is not in cache when they
-//! are applied (the processor applies events just parsed), and the tracked pass reuses the
+//! The events are read before the clock starts, so their data is not in cache when they
+//! are applied (the processor applies events just read), and the tracked pass reuses the
 //! memory the untracked pass freed: compare a pass with the same pass.
 
 use std::collections::hash_map::DefaultHasher;
@@ -20,10 +20,12 @@ use std::io::{BufRead, BufReader, Write};
 use std::sync::Arc;
 use std::time::Instant;
 
-use junction_core::identity::{self, EventMeta, Graph, Observed, Rules};
+use junction_core::identity::{Batch, EventMeta, Graph, Rules};
 
 /// Changes are taken this often on the tracked pass.
 const TAKE_CHANGES_EVERY: usize = 100_000;
+/// Events per batch (as the processor's reader makes them).
+const BATCH: usize = 4096;
 
 #[derive(serde::Deserialize)]
 struct MessageId<'a> {
@@ -31,39 +33,52 @@ struct MessageId<'a> {
     message_id: Option<std::borrow::Cow<'a, str>>,
 }
 
-/// Reads and observes up to `max` lines (offsets are line numbers).
-fn load(path: &str, max: usize, rules: &Rules) -> (Vec<(EventMeta, Observed)>, usize) {
+/// Reads up to `max` lines into batches (offsets are line numbers); the number of events
+/// and of lines that could not be read.
+fn load(path: &str, max: usize, rules: &Rules) -> (Vec<Batch>, usize, usize) {
     let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{path}: {e}"));
     let source: Arc<str> = Arc::from("bench");
-    let mut events = Vec::new();
-    let mut skipped = 0;
+    let mut batches = vec![Batch::default()];
+    let (mut n, mut skipped) = (0, 0);
     let mut line = Vec::new();
     let mut reader = BufReader::with_capacity(1 << 20, file);
-    let mut offset = 0u64;
-    while (offset as usize) < max {
+    while n < max {
         line.clear();
         if reader.read_until(b'\n', &mut line).expect("read") == 0 {
             break;
         }
-        let i = offset;
-        offset += 1;
-        let Ok(observed) = identity::observe(&line, rules) else {
-            skipped += 1;
-            continue;
-        };
         let message_id = serde_json::from_slice::<MessageId<'_>>(&line)
             .ok()
             .and_then(|m| m.message_id.map(|m| m.into_owned()))
             .unwrap_or_default();
         let meta = EventMeta {
-            offset: i,
-            received_at_ms: observed.timestamp_ms,
-            source: Arc::clone(&source),
-            message_id,
+            offset: n as u64,
+            received_at_ms: 1_790_000_000_000 + n as i64,
+            source: &source,
+            message_id: &message_id,
         };
-        events.push((meta, observed));
+        let batch = batches.last_mut().expect("one batch at least");
+        skipped += usize::from(batch.push(&meta, &line, rules).is_err());
+        if batch.len() == BATCH {
+            batches.push(Batch::default());
+        }
+        n += 1;
     }
-    (events, skipped)
+    (batches, n, skipped)
+}
+
+/// Applies every event of `batches` in slices of 512 (as the processor does); `after(n)`
+/// follows each slice, `n` events applied so far.
+fn apply_all(graph: &mut Graph, batches: &[Batch], mut after: impl FnMut(&mut Graph, usize)) {
+    let mut n = 0;
+    for batch in batches {
+        for start in (0..batch.len()).step_by(512) {
+            let end = batch.len().min(start + 512);
+            graph.apply_batch(batch, start..end);
+            n += end - start;
+            after(graph, n);
+        }
+    }
 }
 
 /// Feeds everything written to it into a hasher.
@@ -169,25 +184,15 @@ fn main() {
     let rules = Rules::default();
 
     let start = Instant::now();
-    let (mut events, skipped) = load(&path, max, &rules);
-    let n = events.len();
+    let (batches, n, skipped) = load(&path, max, &rules);
     println!(
-        "observed {n} events ({skipped} skipped) in {:.1} s",
+        "read {n} events ({skipped} unreadable) in {:.1} s",
         start.elapsed().as_secs_f64()
     );
 
     if untracked {
-        let copy = if tracked {
-            events.clone()
-        } else {
-            std::mem::take(&mut events)
-        };
         let mut graph = Graph::untracked(rules.clone());
-        let t = time(|| {
-            for (meta, observed) in copy {
-                graph.apply(&meta, observed);
-            }
-        });
+        let t = time(|| apply_all(&mut graph, &batches, |_, _| {}));
         report("untracked", &graph, n, t);
     }
     if !tracked {
@@ -196,12 +201,13 @@ fn main() {
 
     let mut graph = Graph::new(rules);
     let t = time(|| {
-        for (i, (meta, observed)) in events.into_iter().enumerate() {
-            graph.apply(&meta, observed);
-            if (i + 1) % TAKE_CHANGES_EVERY == 0 {
+        let mut taken = 0;
+        apply_all(&mut graph, &batches, |graph, n| {
+            if n - taken >= TAKE_CHANGES_EVERY {
+                taken = n;
                 std::hint::black_box(graph.take_changes());
             }
-        }
+        });
         std::hint::black_box(graph.take_changes());
     });
     report("tracked", &graph, n, t);

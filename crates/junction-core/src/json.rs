@@ -106,6 +106,26 @@ fn skip_string(raw: &[u8], mut i: usize) -> usize {
     }
 }
 
+/// Whether `b` holds a backslash; eight bytes at a time (keys and ids are short, and
+/// `memchr`'s set-up costs more than the search).
+#[inline]
+pub(crate) fn has_backslash(b: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let mut chunks = b.chunks_exact(8);
+    for chunk in &mut chunks {
+        let w =
+            u64::from_le_bytes(chunk.try_into().expect("8-byte chunk")) ^ (ONES * u64::from(b'\\'));
+        if w.wrapping_sub(ONES) & !w & HIGHS != 0 {
+            return true;
+        }
+    }
+    // A loop, not `contains` (memchr): at most 7 bytes.
+    #[allow(clippy::manual_contains)]
+    let found = chunks.remainder().iter().any(|&c| c == b'\\');
+    found
+}
+
 #[inline]
 fn number_end(raw: &[u8], mut i: usize) -> usize {
     while i < raw.len() && matches!(raw[i], b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E') {
@@ -188,6 +208,134 @@ pub(crate) fn split_object<'a>(
             Some(b'}') => return Ok(()),
             _ => return Err(SplitError::Malformed),
         }
+    }
+}
+
+/// Calls `item(value)` for each element of a JSON array, in order (`value` is the raw text
+/// without surrounding whitespace). Same precondition and limits as [`split_object`], with
+/// no depth limit. Never panics.
+pub(crate) fn split_array<'a>(
+    raw: &'a str,
+    mut item: impl FnMut(&'a str),
+) -> Result<(), SplitError> {
+    let b = raw.as_bytes();
+    let mut i = skip_ws(b, 0);
+    if b.get(i) != Some(&b'[') {
+        return Err(SplitError::Malformed);
+    }
+    i = skip_ws(b, i + 1);
+    if b.get(i) == Some(&b']') {
+        return Ok(());
+    }
+    loop {
+        let start = i;
+        i = match scan_value(b, i, usize::MAX) {
+            Ok(end) => end,
+            Err(Stop::Limit) => return Err(SplitError::Limit(explain(b, usize::MAX))),
+            Err(Stop::Malformed) => return Err(SplitError::Malformed),
+        };
+        let Some(value) = raw.get(start..i) else {
+            return Err(SplitError::Malformed);
+        };
+        item(value);
+        i = skip_ws(b, i);
+        match b.get(i) {
+            Some(b',') => i = skip_ws(b, i + 1),
+            Some(b']') => return Ok(()),
+            _ => return Err(SplitError::Malformed),
+        }
+    }
+}
+
+/// Calls `member(key, value)` for each top-level member of a JSON object, in order, like
+/// [`split_object`] but for JSON known to be valid and within limits (stored events): it
+/// checks no limit and validates nothing, so it costs a fraction of it. `Err` when `raw` is
+/// not an object; never panics, whatever the input.
+pub(crate) fn for_each_member<'a>(
+    raw: &'a str,
+    mut member: impl FnMut(&'a str, &'a str),
+) -> Result<(), SplitError> {
+    let b = raw.as_bytes();
+    let mut i = skip_ws(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return Err(SplitError::Malformed);
+    }
+    i = skip_ws(b, i + 1);
+    if b.get(i) == Some(&b'}') {
+        return Ok(());
+    }
+    loop {
+        if b.get(i) != Some(&b'"') {
+            return Err(SplitError::Malformed);
+        }
+        let key_start = i;
+        i = skip_string(b, i + 1);
+        let key = raw.get(key_start..i).ok_or(SplitError::Malformed)?;
+        i = skip_ws(b, i);
+        if b.get(i) != Some(&b':') {
+            return Err(SplitError::Malformed);
+        }
+        i = skip_ws(b, i + 1);
+        let value_start = i;
+        i = skip_value(b, i);
+        let value = raw
+            .get(value_start..i)
+            .filter(|v| !v.is_empty())
+            .ok_or(SplitError::Malformed)?;
+        member(key, value);
+        i = skip_ws(b, i);
+        match b.get(i) {
+            Some(b',') => i = skip_ws(b, i + 1),
+            Some(b'}') => return Ok(()),
+            _ => return Err(SplitError::Malformed),
+        }
+    }
+}
+
+/// Index just past the value starting at `i` of valid JSON (nothing is checked).
+fn skip_value(b: &[u8], mut i: usize) -> usize {
+    match b.get(i) {
+        Some(b'"') => skip_string(b, i + 1),
+        Some(b'{' | b'[') => {
+            let mut depth = 0usize;
+            while let Some(&c) = b.get(i) {
+                i += 1;
+                match c {
+                    b'"' => i = skip_string(b, i),
+                    b'{' | b'[' => depth += 1,
+                    b'}' | b']' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return i;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            i
+        }
+        _ => {
+            while b
+                .get(i)
+                .is_some_and(|c| !matches!(c, b',' | b'}' | b']' | b' ' | b'\n' | b'\r' | b'\t'))
+            {
+                i += 1;
+            }
+            i
+        }
+    }
+}
+
+/// The text of a raw JSON string (quotes included), escapes decoded; `None` when `raw` is
+/// not a string.
+pub(crate) fn unquote(raw: &str) -> Option<std::borrow::Cow<'_, str>> {
+    let body = raw.strip_prefix('"')?.strip_suffix('"')?;
+    if has_backslash(body.as_bytes()) {
+        serde_json::from_str::<String>(raw)
+            .ok()
+            .map(std::borrow::Cow::Owned)
+    } else {
+        Some(std::borrow::Cow::Borrowed(body))
     }
 }
 
@@ -346,6 +494,50 @@ mod tests {
         // Every input here must be valid JSON: that is the function's precondition.
         serde_json::from_str::<&serde_json::value::RawValue>(s).expect("test input is JSON");
         validate_json_limits(s.as_bytes(), 64)
+    }
+
+    #[test]
+    fn backslashes_are_found_at_every_position_and_strings_unquoted() {
+        for len in 0..20 {
+            let plain = "a".repeat(len);
+            assert!(!has_backslash(plain.as_bytes()));
+            for at in 0..len {
+                let mut b = plain.clone().into_bytes();
+                b[at] = b'\\';
+                assert!(has_backslash(&b), "len {len} at {at}");
+            }
+        }
+        assert!(!has_backslash("é\u{80}\u{ff}ÿ".as_bytes()));
+        assert_eq!(unquote(r#""abc""#).as_deref(), Some("abc"));
+        assert_eq!(unquote(r#""a\u0062c\n""#).as_deref(), Some("abc\n"));
+        assert_eq!(unquote("12"), None);
+        assert_eq!(unquote("\""), None);
+        let mut items = Vec::new();
+        split_array(r#"[ 1, "a,]", {"b":[2,3]} ,null]"#, |v| items.push(v)).unwrap();
+        assert_eq!(items, ["1", r#""a,]""#, r#"{"b":[2,3]}"#, "null"]);
+        split_array("[]", |_| panic!("no items")).unwrap();
+        let mut members = Vec::new();
+        let raw = r#" { "a" : 1.5e3 , "b\"c":{"x":["}",{"y":null}]},"d":"q\\","e":true,"f":[]} "#;
+        for_each_member(raw, |k, v| members.push((k, v))).unwrap();
+        let mut split = Vec::new();
+        split_object(raw, 64, |k, v| split.push((k, v))).unwrap();
+        assert_eq!(members, split);
+        assert_eq!(members.len(), 5);
+        for_each_member("{}", |_, _| panic!("no members")).unwrap();
+        for bad in [
+            "",
+            "[]",
+            "{",
+            r#"{"a"}"#,
+            r#"{"a":}"#,
+            r#"{"a":1"#,
+            r#"{"a":1,}"#,
+            r#"{"a":"#,
+        ] {
+            assert!(for_each_member(bad, |_, _| {}).is_err(), "{bad}");
+        }
+        assert!(split_array("{}", |_| {}).is_err());
+        assert!(split_array("[1,", |_| {}).is_err());
     }
 
     #[test]

@@ -479,6 +479,7 @@ fn dev_credentials(data_dir: &Path) -> anyhow::Result<DevCredentials> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use junction_core::identity::Kind;
 
     #[test]
     fn unknown_key_is_rejected_with_name_and_line() {
@@ -496,15 +497,15 @@ mod tests {
                 .and_then(|f| build(Some(f), &Overrides::default()))
         };
         let config = build_text("").unwrap();
-        assert_eq!(config.identity.rule("user_id").limit, 1);
+        assert_eq!(config.identity.rule(Kind::USER_ID).limit, 1);
         assert_eq!(config.profile_rate_limit, 100);
         let config = build_text(
             "[identity]\nblocked_values = [\"x@y.z\"]\n[[identity.identifiers]]\ntype = \"account_number\"\ntrait_key = \"acct\"\nlimit = 2\nwindow = \"30d\"\n[profiles]\nrate_limit_per_sec = 7\n",
         )
         .unwrap();
         assert!(config.identity.is_blocked("X@Y.Z"));
-        assert_eq!(config.identity.rule("account_number").limit, 2);
-        assert_eq!(config.identity.trait_identifiers[0].0, "acct");
+        assert_eq!(config.identity.rule(Kind::of("account_number")).limit, 2);
+        assert_eq!(config.identity.trait_identifiers[0].key, "acct");
         assert_eq!(config.profile_rate_limit, 7);
         let err = format!(
             "{:#}",

@@ -200,7 +200,7 @@ pub(crate) fn write_event(
         plan,
         ctx,
     };
-    let mut projection = Projection::new();
+    let mut projection = Projection::new(plan.ty, plan.timestamp_ms);
     w.buf.push(b'{');
     let mut written = [false; MEMBERS.len()];
     let last = obj.last_occurrences();

@@ -18,26 +18,32 @@
 //!   [`Graph::take_changes`] are tracked for write-behind persistence, except by an
 //!   [`Graph::untracked`] graph (its changes stay empty).
 //!
-//! Cost: [`Graph::apply`] is one event of a log replay, so it avoids allocating (scratch
-//! buffers are kept, owned strings move into the profile) and touches few cache lines:
-//! one owners lookup per identifier (short values are stored in the table, not behind a
-//! pointer) and one profile, found by id without hashing.
+//! Cost: [`Graph::apply`] is one event of a log replay, so it allocates only what it stores
+//! (scratch buffers are kept; the event's strings are borrowed from its [`Batch`]) and
+//! touches few cache lines: one owners lookup per identifier, by the hash the batch
+//! computed (short values are stored in the table, not behind a pointer), and one profile,
+//! found by id without hashing.
+//!
+//! [`Batch`]: super::Batch
 
 use std::collections::BTreeSet;
-use std::collections::hash_map::Entry;
+use std::ops::Range;
 use std::sync::Arc;
 
+use hashbrown::HashTable;
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
-use super::extract::{IdKey, Observed};
+use super::extract::{Batch, IdKey, IdRef, ObservedRef, id_hash};
+use super::inline::InlineStr;
 use super::profile::{
-    Account, EventMeta, EventRef, ExternalId, MergeRecord, Metadata, Profile, ProfileId,
-    TraitValue, merge_events, merge_traits, set_trait, set_trait_with,
+    Account, EventMeta, EventRef, ExternalId, IdValue, MergeRecord, MessageId, Metadata, Profile,
+    ProfileId, merge_events, merge_traits, set_trait_text,
 };
-use super::rules::{Rules, kinds, rank};
+use super::rules::{Kind, Rules, rank};
 
-/// Identify calls with this many traits or more are not applied to traits (Segment's limit).
-pub const MAX_TRAITS_PER_EVENT: usize = 300;
+/// Events whose owners [`Graph::apply_batch`] looks up at once: enough for their cache
+/// misses to overlap, few enough for what they load to stay in cache until used.
+const LOOK_AHEAD: usize = 128;
 
 /// What applying one event did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -56,7 +62,11 @@ pub struct Applied {
 /// Keys changed since the last [`Graph::take_changes`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Changes {
+    /// Profiles whose record changed (identifiers, traits, merges, accounts).
     pub profiles: Vec<ProfileId>,
+    /// Other profiles whose only change is their last event ([`Metadata::last_event`]):
+    /// most events change nothing else, so a commit need not rewrite the whole record.
+    pub touched: Vec<ProfileId>,
     pub removed_profiles: Vec<ProfileId>,
     pub accounts: Vec<Box<str>>,
     /// What happened to timelines, in application order (a profile's events are persisted
@@ -94,11 +104,15 @@ pub fn replay_timeline(
 #[derive(Clone, Debug)]
 pub struct Graph {
     rules: Rules,
-    owners: HashMap<OwnerKey, ProfileId>,
+    /// Who owns each identifier, hashed with [`id_hash`].
+    owners: HashTable<(OwnerKey, ProfileId)>,
     profiles: ProfileTable,
     accounts: HashMap<Box<str>, Account>,
     next_id: ProfileId,
+    /// Profiles whose record changed since the last [`Graph::take_changes`].
     dirty: HashSet<ProfileId>,
+    /// Profiles that only gained events (their last event changed).
+    touched: HashSet<ProfileId>,
     removed: HashSet<ProfileId>,
     dirty_accounts: HashSet<Box<str>>,
     timeline: Vec<TimelineOp>,
@@ -107,6 +121,7 @@ pub struct Graph {
     counters: Counters,
     /// Buffers of [`Graph::apply`], kept to save allocations (empty between events).
     scratch: Scratch,
+    ahead: Ahead,
 }
 
 /// Profiles by id. Ids are handed out in sequence, so a slot per id (8 bytes; empty once
@@ -171,108 +186,98 @@ impl std::ops::Index<&ProfileId> for ProfileTable {
 
 /// An identifier as the owners table keeps it: the value inline when short (most are), so
 /// a lookup compares it without another memory access.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 struct OwnerKey {
-    kind: Arc<str>,
-    value: InlineStr,
+    kind: Kind,
+    value: KeyStr,
 }
 
 impl OwnerKey {
-    fn new(kind: &Arc<str>, value: &str) -> OwnerKey {
+    fn new(kind: Kind, value: &str) -> OwnerKey {
         OwnerKey {
-            kind: Arc::clone(kind),
-            value: InlineStr::new(value),
+            kind,
+            value: KeyStr::new(value),
         }
+    }
+
+    fn is(&self, kind: Kind, value: &str) -> bool {
+        self.kind == kind && self.value.as_bytes() == value.as_bytes()
+    }
+
+    fn hash(&self) -> u64 {
+        id_hash(self.kind, self.value.as_str())
     }
 
     fn to_id_key(&self) -> IdKey {
         IdKey {
-            kind: Arc::clone(&self.kind),
+            kind: Arc::clone(self.kind.name()),
             value: self.value.as_str().into(),
         }
     }
 }
 
-impl From<IdKey> for OwnerKey {
-    fn from(key: IdKey) -> OwnerKey {
-        let value = if key.value.len() <= InlineStr::CAPACITY {
-            InlineStr::new(&key.value)
-        } else {
-            InlineStr::Heap(key.value)
-        };
-        OwnerKey {
-            kind: key.kind,
-            value,
-        }
-    }
-}
-
-/// A string kept inline up to [`InlineStr::CAPACITY`] bytes (a UUID fits), else on the heap.
-/// Each string has one representation (inline exactly when it fits; zeros past `len`), so
-/// the derived comparisons are those of the strings.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-enum InlineStr {
-    Inline {
-        len: u8,
-        bytes: [u8; InlineStr::CAPACITY],
-    },
-    Heap(Box<str>),
-}
-
-// `CAPACITY` is what keeps a table slot (key and owner) to one 64-byte cache line.
+// The capacity of `KeyStr` is what keeps a table slot (key and owner) to one 64-byte cache
+// line.
 const _: () = assert!(std::mem::size_of::<(OwnerKey, ProfileId)>() == 64);
 
-impl InlineStr {
-    const CAPACITY: usize = 38;
-
-    fn new(s: &str) -> InlineStr {
-        if s.len() <= Self::CAPACITY {
-            let mut bytes = [0; Self::CAPACITY];
-            bytes[..s.len()].copy_from_slice(s.as_bytes());
-            InlineStr::Inline {
-                len: s.len() as u8,
-                bytes,
-            }
-        } else {
-            InlineStr::Heap(s.into())
-        }
-    }
-
-    fn as_bytes(&self) -> &[u8] {
-        match self {
-            InlineStr::Inline { len, bytes } => &bytes[..usize::from(*len)],
-            InlineStr::Heap(s) => s.as_bytes(),
-        }
-    }
-
-    fn as_str(&self) -> &str {
-        match self {
-            InlineStr::Inline { .. } => {
-                std::str::from_utf8(self.as_bytes()).expect("copied from a str")
-            }
-            InlineStr::Heap(s) => s,
-        }
-    }
-}
+/// An identifier value in the owners table: a UUID fits inline.
+type KeyStr = InlineStr<46>;
 
 /// One usable identifier of the event being applied.
 #[derive(Clone, Debug)]
 struct Candidate {
     key: OwnerKey,
-    /// The type's configured priority ([`Rules::priority`]), looked up only when there are
-    /// several candidates to sort.
-    priority: Option<u32>,
+    hash: u64,
+    /// The type's priority, `u32::MAX` when it has none.
+    rank: u32,
     /// The profile owning it before the event.
     owner: Option<ProfileId>,
 }
 
 impl Candidate {
+    fn new(id: &IdRef<'_>, owner: Option<ProfileId>) -> Candidate {
+        Candidate {
+            key: OwnerKey::new(id.kind, id.value),
+            hash: id.hash,
+            rank: id.rank,
+            owner,
+        }
+    }
+
     /// Matching order: `(rules.rank(kind), value)` (strings order as their bytes).
     fn sort_key(&self) -> ((u32, &str), &[u8]) {
+        let priority = (self.rank != u32::MAX).then_some(self.rank);
         (
-            rank(self.priority, &self.key.kind),
+            rank(priority, self.key.kind.name()),
             self.key.value.as_bytes(),
         )
+    }
+}
+
+/// Owners looked up ahead of applying a run of events ([`Graph::apply_batch`]).
+#[derive(Clone, Debug, Default)]
+struct Ahead {
+    /// The owner of each identifier of the run's events, in order, as it was before the run.
+    owners: Vec<Option<ProfileId>>,
+    /// First entry of `owners` not claimed yet.
+    next: usize,
+    /// Hashes of identifiers that got their first owner during the run (their `None`
+    /// is stale).
+    inserted: HashSet<u64>,
+    /// Inside [`Graph::apply_batch`].
+    active: bool,
+}
+
+impl Ahead {
+    /// The next `n` entries of `owners`, those of the event being applied (`None` outside
+    /// a run).
+    fn claim(&mut self, n: usize) -> Option<Range<usize>> {
+        if !self.active {
+            return None;
+        }
+        let range = self.next..self.next + n;
+        self.next += n;
+        Some(range)
     }
 }
 
@@ -305,17 +310,19 @@ impl Graph {
     pub fn new(rules: Rules) -> Graph {
         Graph {
             rules,
-            owners: HashMap::default(),
+            owners: HashTable::new(),
             profiles: ProfileTable::default(),
             accounts: HashMap::default(),
             next_id: 1,
             dirty: HashSet::default(),
+            touched: HashSet::default(),
             removed: HashSet::default(),
             dirty_accounts: HashSet::default(),
             timeline: Vec::new(),
             track_changes: true,
             counters: Counters::default(),
             scratch: Scratch::default(),
+            ahead: Ahead::default(),
         }
     }
 
@@ -339,7 +346,9 @@ impl Graph {
         g.next_id = next_id;
         for p in profiles {
             for id in &p.identifiers {
-                g.owners.insert(OwnerKey::new(&id.kind, &id.value), p.id);
+                let key = OwnerKey::new(Kind::of(&id.kind), &id.value);
+                g.owners
+                    .insert_unique(key.hash(), (key, p.id), |(k, _)| k.hash());
             }
             g.next_id = g.next_id.max(p.id + 1);
             g.profiles.insert(Box::new(p));
@@ -384,10 +393,29 @@ impl Graph {
 
     /// The profile owning `kind:value`.
     pub fn lookup(&self, kind: &str, value: &str) -> Option<&Profile> {
-        let id = self
+        let kind = Kind::find(kind)?;
+        let id = self.owner(kind, value, id_hash(kind, value))?;
+        self.profiles.get(&id)
+    }
+
+    /// The owner of identifier `kind:value` whose [`id_hash`] is `hash`.
+    fn owner(&self, kind: Kind, value: &str, hash: u64) -> Option<ProfileId> {
+        self.owners
+            .find(hash, |(k, _)| k.is(kind, value))
+            .map(|(_, p)| *p)
+    }
+
+    /// Makes `id` the owner of `key`.
+    fn set_owner(&mut self, key: OwnerKey, hash: u64, id: ProfileId) {
+        match self
             .owners
-            .get(&OwnerKey::new(&self.rules.kind(kind), value))?;
-        self.profiles.get(id)
+            .entry(hash, |(k, _)| *k == key, |(k, _)| k.hash())
+        {
+            hashbrown::hash_table::Entry::Occupied(mut e) => e.get_mut().1 = id,
+            hashbrown::hash_table::Entry::Vacant(e) => {
+                e.insert((key, id));
+            }
+        }
     }
 
     /// In id order.
@@ -405,13 +433,20 @@ impl Graph {
 
     /// Changed keys since the last call.
     pub fn take_changes(&mut self) -> Changes {
+        let dirty = &self.dirty;
         let mut c = Changes {
+            touched: self
+                .touched
+                .drain()
+                .filter(|p| !dirty.contains(p))
+                .collect(),
             profiles: self.dirty.drain().collect(),
             removed_profiles: self.removed.drain().collect(),
             accounts: self.dirty_accounts.drain().collect(),
             timeline: std::mem::take(&mut self.timeline),
         };
         c.profiles.sort_unstable();
+        c.touched.sort_unstable();
         c.removed_profiles.sort_unstable();
         c.accounts.sort_unstable();
         c
@@ -419,12 +454,11 @@ impl Graph {
 
     /// Puts back changes whose commit failed, so the next commit writes them.
     pub fn restore_changes(&mut self, changes: Changes) {
-        self.dirty.extend(
-            changes
-                .profiles
-                .into_iter()
-                .filter(|p| self.profiles.contains_key(p)),
-        );
+        let exists = |p: &ProfileId| self.profiles.contains_key(p);
+        self.dirty
+            .extend(changes.profiles.into_iter().filter(exists));
+        self.touched
+            .extend(changes.touched.into_iter().filter(exists));
         self.removed.extend(changes.removed_profiles);
         self.dirty_accounts.extend(changes.accounts);
         let mut timeline = changes.timeline;
@@ -434,34 +468,88 @@ impl Graph {
 
     pub fn has_changes(&self) -> bool {
         !(self.dirty.is_empty()
+            && self.touched.is_empty()
             && self.removed.is_empty()
             && self.dirty_accounts.is_empty()
             && self.timeline.is_empty())
     }
 
+    /// Applies rows `rows` of `batch` in order (unreadable events are skipped, see
+    /// [`Batch::push`]); returns the offset after the last row, `None` for no rows. Equal
+    /// to [`Graph::apply`] of each event in turn.
+    ///
+    /// Cost: applying events one by one waits for each owners-table slot and profile in
+    /// turn (cache misses). So it first looks up the owner of every identifier of the rows
+    /// (and reads each owner's profile) in one tight loop of independent loads, whose misses
+    /// overlap, then applies the events with those owners. An owner looked up ahead is
+    /// stale only when an earlier event of the rows merged it away, or gave the identifier
+    /// its first owner; both are checked, and such identifiers looked up again.
+    ///
+    /// [`Batch::push`]: super::Batch::push
+    pub fn apply_batch(&mut self, batch: &Batch, rows: Range<usize>) -> Option<u64> {
+        let mut next = None;
+        for start in rows.clone().step_by(LOOK_AHEAD) {
+            let run = start..rows.end.min(start + LOOK_AHEAD);
+            self.look_up_ahead(batch, run.clone());
+            for row in run {
+                let (meta, observed) = batch.get(row);
+                if let Some(o) = observed {
+                    self.apply(&meta, &o);
+                }
+                next = Some(meta.offset + 1);
+            }
+            self.ahead.active = false;
+        }
+        next
+    }
+
+    /// Fills [`Ahead`] with the owners of the identifiers of `rows` (see
+    /// [`Graph::apply_batch`]).
+    fn look_up_ahead(&mut self, batch: &Batch, rows: Range<usize>) {
+        let mut ahead = std::mem::take(&mut self.ahead);
+        ahead.owners.clear();
+        ahead.inserted.clear();
+        ahead.next = 0;
+        let mut read = 0u64;
+        for row in rows {
+            let (_, Some(o)) = batch.get(row) else {
+                continue;
+            };
+            for id in o.identifiers() {
+                let owner = match id.blocked {
+                    true => None,
+                    false => self.owner(id.kind, id.value, id.hash),
+                };
+                if let Some(p) = owner.and_then(|p| self.profiles.get(&p)) {
+                    // The profile's first cache line (see `Profile`).
+                    read = read.wrapping_add(p.metadata.last_offset);
+                }
+                ahead.owners.push(owner);
+            }
+        }
+        std::hint::black_box(read);
+        ahead.active = true;
+        self.ahead = ahead;
+    }
+
     /// Applies one event (see the module contract).
-    pub fn apply(&mut self, ev: &EventMeta, obs: Observed) -> Applied {
-        let Observed {
-            timestamp_ms: at_ms,
-            identifiers,
-            previous_id,
-            traits,
-            group,
-            ..
-        } = obs;
+    pub fn apply(&mut self, ev: &EventMeta<'_>, obs: &ObservedRef<'_>) -> Applied {
+        let at_ms = obs.timestamp_ms;
         let mut applied = Applied::default();
         self.counters.events += 1;
         let mut scratch = std::mem::take(&mut self.scratch);
-        self.candidates(identifiers, previous_id, &mut scratch.ids, &mut applied);
+        let looked_up = self.ahead.claim(obs.identifiers().len());
+        self.candidates(obs, looked_up, &mut scratch.ids, &mut applied);
         let target = self.resolve(&mut scratch, ev, at_ms, &mut applied);
         scratch.clear();
         self.scratch = scratch;
         self.counters.dropped += applied.dropped.len() as u64;
         self.counters.blocked += applied.blocked as u64;
-        let group_id = group.as_ref().map(|(id, _)| id.as_str());
+        let group = obs.group();
         match target {
             Some(id) => {
-                self.record_event(id, ev, at_ms, traits, group_id, &mut applied);
+                let group_id = group.as_ref().map(|(id, _)| *id);
+                self.record_event(id, ev, obs, group_id, &mut applied);
                 applied.profile = Some(id);
             }
             None => self.counters.unresolved += 1,
@@ -472,58 +560,60 @@ impl Graph {
         applied
     }
 
-    /// Fills `ids` with the event's usable identifiers, deduplicated, with `alias.previousId`
-    /// typed, each with its owner; sorted by priority.
+    /// Fills `ids` with the event's usable identifiers (the batch lists them in matching
+    /// order), deduplicated, each with its owner (from `looked_up`, the range of
+    /// [`Ahead::owners`] holding theirs, where still valid), and `alias.previousId` typed and
+    /// put in its place.
     fn candidates(
         &self,
-        identifiers: Vec<IdKey>,
-        previous_id: Option<String>,
+        obs: &ObservedRef<'_>,
+        looked_up: Option<Range<usize>>,
         ids: &mut Vec<Candidate>,
         applied: &mut Applied,
     ) {
-        let mut push = |key: IdKey, owner: Option<ProfileId>| {
-            if self.rules.is_blocked(&key.value) {
+        for (i, id) in obs.identifiers().enumerate() {
+            if id.blocked {
                 applied.blocked += 1;
-                return;
+                continue;
             }
-            let key = OwnerKey::from(key);
-            if !ids.iter().any(|c| c.key == key) {
-                ids.push(Candidate {
-                    priority: None,
-                    owner: owner.or_else(|| self.owners.get(&key).copied()),
-                    key,
-                });
+            if ids.iter().any(|c| c.key.is(id.kind, id.value)) {
+                continue;
             }
-        };
-        for key in identifiers {
-            push(key, None);
-        }
-        if let Some(prev) = previous_id {
-            let as_user = IdKey {
-                kind: self.rules.kind(kinds::USER_ID),
-                value: prev.into_boxed_str(),
+            let owner = match looked_up.as_ref().map(|r| self.ahead.owners[r.start + i]) {
+                Some(Some(p)) if self.profiles.contains_key(&p) => Some(p),
+                Some(None) if !self.ahead.inserted.contains(&id.hash) => None,
+                _ => self.owner(id.kind, id.value, id.hash),
             };
-            match self
-                .owners
-                .get(&OwnerKey::new(&as_user.kind, &as_user.value))
-            {
-                Some(&owner) => push(as_user, Some(owner)),
-                None => push(
-                    IdKey {
-                        kind: self.rules.kind(kinds::ANONYMOUS_ID),
-                        value: as_user.value,
-                    },
-                    None,
-                ),
-            }
+            ids.push(Candidate::new(&id, owner));
         }
-        if ids.len() > 1 {
-            for c in ids.iter_mut() {
-                c.priority = self.rules.priority(&c.key.kind);
-            }
-            // Stable: ties (equal priority and value) keep the event's order.
-            ids.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+        let Some(prev) = obs.previous_id() else {
+            return;
+        };
+        if self.rules.is_blocked(prev) {
+            applied.blocked += 1;
+            return;
         }
+        let as_user = id_hash(Kind::USER_ID, prev);
+        let (kind, hash, owner) = match self.owner(Kind::USER_ID, prev, as_user) {
+            Some(owner) => (Kind::USER_ID, as_user, Some(owner)),
+            None => (Kind::ANONYMOUS_ID, id_hash(Kind::ANONYMOUS_ID, prev), None),
+        };
+        if ids.iter().any(|c| c.key.is(kind, prev)) {
+            return;
+        }
+        let id = IdRef {
+            kind,
+            name: kind.name(),
+            value: prev,
+            rank: self.rules.priority(kind).unwrap_or(u32::MAX),
+            hash,
+            blocked: false,
+        };
+        let owner = owner.or_else(|| self.owner(kind, prev, hash));
+        let candidate = Candidate::new(&id, owner);
+        // After every identifier that sorts before it or equal (stable).
+        let at = ids.partition_point(|c| c.sort_key() <= candidate.sort_key());
+        ids.insert(at, candidate);
     }
 
     /// Matching with limits and caps (see the module contract): the profile the event
@@ -531,7 +621,7 @@ impl Graph {
     fn resolve(
         &mut self,
         scratch: &mut Scratch,
-        ev: &EventMeta,
+        ev: &EventMeta<'_>,
         at_ms: i64,
         applied: &mut Applied,
     ) -> Option<ProfileId> {
@@ -581,34 +671,37 @@ impl Graph {
     /// Would the `matched` profiles plus the new `ids` hold more values of some type than
     /// its limit?
     fn over_limit(&self, matched: &[(ProfileId, usize)], ids: &[Candidate], at_ms: i64) -> bool {
-        let mut new_kinds = ids
-            .iter()
-            .filter(|c| c.owner.is_none())
-            .map(|c| &*c.key.kind);
-        let exceeds = |kind: &str| {
+        let exceeds = |kind: Kind| {
             let rule = self.rules.rule(kind);
+            let name: &str = kind.name();
             let counts = |created_ms: i64| rule.window_ms.is_none_or(|w| created_ms >= at_ms - w);
             let existing = matched
                 .iter()
                 .flat_map(|(p, _)| self.profiles[p].identifiers.iter())
-                .filter(|i| &*i.kind == kind && counts(i.created_ms))
+                .filter(|i| &*i.kind == name && counts(i.created_ms))
                 .count();
             let added = ids
                 .iter()
-                .filter(|c| c.owner.is_none() && &*c.key.kind == kind)
+                .filter(|c| c.owner.is_none() && c.key.kind == kind)
                 .count();
             existing + added > rule.limit as usize
         };
+        let mut new_kinds = ids.iter().filter(|c| c.owner.is_none()).map(|c| c.key.kind);
         if matched.len() <= 1 {
             // Only the new identifiers' types can grow (checking a type twice is harmless).
             return new_kinds.any(exceeds);
         }
         // A merge: every type any of the profiles holds, each checked once.
-        let mut kinds: Vec<&str> = new_kinds.collect();
+        let mut kinds: Vec<Kind> = new_kinds.collect();
         for (p, _) in matched {
-            kinds.extend(self.profiles[p].identifiers.iter().map(|i| &*i.kind));
+            kinds.extend(
+                self.profiles[p]
+                    .identifiers
+                    .iter()
+                    .map(|i| Kind::of(&i.kind)),
+            );
         }
-        kinds.sort_unstable();
+        kinds.sort_unstable_by_key(|k| k.index());
         kinds.dedup();
         kinds.into_iter().any(exceeds)
     }
@@ -625,9 +718,10 @@ impl Graph {
         merges + matched.len() - 1 <= self.rules.max_merges && ids <= self.rules.max_identifiers
     }
 
-    fn create(&mut self, ev: &EventMeta) -> ProfileId {
+    fn create(&mut self, ev: &EventMeta<'_>) -> ProfileId {
         let id = self.next_id;
         self.next_id += 1;
+        self.mark_dirty(id);
         self.profiles.insert(Box::new(Profile {
             id,
             identifiers: Vec::new(),
@@ -646,25 +740,39 @@ impl Graph {
         &mut self,
         id: ProfileId,
         ids: &mut Vec<Candidate>,
-        ev: &EventMeta,
+        ev: &EventMeta<'_>,
         at_ms: i64,
         applied: &mut Applied,
     ) {
         let max = self.rules.max_identifiers;
+        let new = ids.iter().filter(|c| c.owner.is_none()).count();
+        if new == 0 {
+            ids.clear();
+            return;
+        }
+        self.mark_dirty(id);
         let profile = self.profiles.get_mut(&id).expect("target exists");
+        if profile.identifiers.capacity() == 0 {
+            // Exactly: most profiles keep the one or two identifiers they start with.
+            profile.identifiers.reserve_exact(new);
+        }
         for c in ids.drain(..).filter(|c| c.owner.is_none()) {
             if profile.identifiers.len() >= max {
                 applied.dropped.push(c.key.to_id_key());
                 continue;
             }
             profile.identifiers.push(ExternalId {
-                kind: Arc::clone(&c.key.kind),
-                value: c.key.value.as_str().into(),
+                kind: Arc::clone(c.key.kind.name()),
+                value: IdValue::new(c.key.value.as_str()),
                 created_ms: at_ms,
-                first_message_id: ev.message_id.as_str().into(),
-                source: Arc::clone(&ev.source),
+                first_message_id: MessageId::new(ev.message_id),
+                source: Arc::clone(ev.source),
             });
-            self.owners.insert(c.key, id);
+            if self.ahead.active {
+                self.ahead.inserted.insert(c.hash);
+            }
+            self.owners
+                .insert_unique(c.hash, (c.key, id), |(k, _)| k.hash());
         }
     }
 
@@ -673,7 +781,7 @@ impl Graph {
         &mut self,
         matched: &[(ProfileId, usize)],
         ids: &[Candidate],
-        ev: &EventMeta,
+        ev: &EventMeta<'_>,
         at_ms: i64,
         applied: &mut Applied,
     ) -> ProfileId {
@@ -690,8 +798,8 @@ impl Graph {
             let loser_key = &ids[loser_at].key;
             let loser = *self.profiles.remove(&loser_id).expect("exists");
             for i in &loser.identifiers {
-                self.owners
-                    .insert(OwnerKey::new(&i.kind, &i.value), survivor);
+                let key = OwnerKey::new(Kind::of(&i.kind), &i.value);
+                self.set_owner(key.clone(), key.hash(), survivor);
             }
             for group_id in &loser.accounts {
                 if let Some(a) = self.accounts.get_mut(group_id) {
@@ -708,6 +816,7 @@ impl Graph {
             if self.track_changes {
                 self.timeline.push(TimelineOp::Move(loser_id, survivor));
                 self.dirty.remove(&loser_id);
+                self.touched.remove(&loser_id);
                 self.removed.insert(loser_id);
             }
             merge_events(&mut profile.events, loser.events);
@@ -717,12 +826,15 @@ impl Graph {
                 into: survivor,
                 from: loser_id,
                 into_identifier: (
-                    Arc::clone(&survivor_key.kind),
+                    Arc::clone(survivor_key.kind.name()),
                     survivor_key.value.as_str().into(),
                 ),
-                from_identifier: (Arc::clone(&loser_key.kind), loser_key.value.as_str().into()),
-                message_id: ev.message_id.as_str().into(),
-                source: Arc::clone(&ev.source),
+                from_identifier: (
+                    Arc::clone(loser_key.kind.name()),
+                    loser_key.value.as_str().into(),
+                ),
+                message_id: ev.message_id.into(),
+                source: Arc::clone(ev.source),
                 offset: ev.offset,
                 timestamp_ms: at_ms,
                 received_at_ms: ev.received_at_ms,
@@ -732,6 +844,7 @@ impl Graph {
         }
         profile.merges.sort_by_key(|m| (m.offset, m.from));
         self.profiles.insert(profile);
+        self.mark_dirty(survivor);
         survivor
     }
 
@@ -739,9 +852,8 @@ impl Graph {
     fn record_event(
         &mut self,
         id: ProfileId,
-        ev: &EventMeta,
-        at_ms: i64,
-        traits: Vec<(String, String)>,
+        ev: &EventMeta<'_>,
+        obs: &ObservedRef<'_>,
         group_id: Option<&str>,
         applied: &mut Applied,
     ) {
@@ -749,77 +861,82 @@ impl Graph {
         profile.metadata.touch(ev);
         let event = EventRef {
             offset: ev.offset,
-            timestamp_ms: at_ms,
+            timestamp_ms: obs.timestamp_ms,
         };
         profile.events.push(event);
-        if traits.len() < MAX_TRAITS_PER_EVENT {
-            for (key, json) in traits {
-                applied.traits_changed |=
-                    set_trait_with(&mut profile.traits, key, at_ms, ev.offset, || TraitValue {
-                        json: json.into_boxed_str(),
-                        timestamp_ms: at_ms,
-                        offset: ev.offset,
-                        source: Arc::clone(&ev.source),
-                    });
-            }
+        let mut changed = false;
+        for (key, json) in obs.traits() {
+            changed |= set_trait_text(
+                &mut profile.traits,
+                key,
+                json,
+                (obs.timestamp_ms, ev.offset),
+                ev.source,
+            );
         }
+        applied.traits_changed |= changed;
         if let Some(group_id) = group_id
             && !self.rules.is_blocked(group_id)
             && !profile.accounts.contains(group_id)
         {
             profile.accounts.insert(group_id.into());
+            changed = true;
         }
         if self.track_changes {
             self.timeline.push(TimelineOp::Add(id, event));
+            if changed {
+                self.dirty.insert(id);
+            } else if !self.dirty.contains(&id) {
+                self.touched.insert(id);
+            }
+        }
+    }
+
+    /// Records that profile `id`'s record changed (for the next [`Graph::take_changes`]).
+    fn mark_dirty(&mut self, id: ProfileId) {
+        if self.track_changes {
             self.dirty.insert(id);
         }
     }
 
-    fn record_group(
+    fn record_group<'a>(
         &mut self,
-        group_id: String,
-        traits: Vec<(String, String)>,
+        group_id: &str,
+        traits: impl Iterator<Item = (&'a str, &'a str)>,
         user: Option<ProfileId>,
-        ev: &EventMeta,
+        ev: &EventMeta<'_>,
         at_ms: i64,
     ) {
-        if self.rules.is_blocked(&group_id) {
+        if self.rules.is_blocked(group_id) {
             return;
         }
-        if self.track_changes && !self.dirty_accounts.contains(group_id.as_str()) {
-            self.dirty_accounts.insert(group_id.as_str().into());
+        if self.track_changes && !self.dirty_accounts.contains(group_id) {
+            self.dirty_accounts.insert(group_id.into());
         }
-        let account = match self.accounts.entry(group_id.into_boxed_str()) {
-            Entry::Occupied(account) => account.into_mut(),
-            Entry::Vacant(slot) => {
-                let group_id = slot.key().clone();
-                slot.insert(Account {
-                    group_id,
-                    traits: Default::default(),
-                    metadata: Metadata::new(ev),
-                    events: Vec::new(),
-                    users: BTreeSet::new(),
-                })
-            }
-        };
+        if !self.accounts.contains_key(group_id) {
+            let account = Account {
+                group_id: group_id.into(),
+                traits: Default::default(),
+                metadata: Metadata::new(ev),
+                events: Vec::new(),
+                users: BTreeSet::new(),
+            };
+            self.accounts.insert(group_id.into(), account);
+        }
+        let account = self.accounts.get_mut(group_id).expect("inserted above");
         account.metadata.touch(ev);
         account.events.push(EventRef {
             offset: ev.offset,
             timestamp_ms: at_ms,
         });
-        if traits.len() < MAX_TRAITS_PER_EVENT {
-            for (key, json) in traits {
-                set_trait(
-                    &mut account.traits,
-                    key,
-                    TraitValue {
-                        json: json.into_boxed_str(),
-                        timestamp_ms: at_ms,
-                        offset: ev.offset,
-                        source: Arc::clone(&ev.source),
-                    },
-                );
-            }
+        for (key, json) in traits {
+            set_trait_text(
+                &mut account.traits,
+                key,
+                json,
+                (at_ms, ev.offset),
+                ev.source,
+            );
         }
         if let Some(user) = user {
             account.users.insert(user);
@@ -840,8 +957,9 @@ impl Graph {
         for p in self.profiles.values() {
             for i in &p.identifiers {
                 seen += 1;
-                match self.owners.get(&OwnerKey::new(&i.kind, &i.value)) {
-                    Some(owner) if *owner == p.id => {}
+                let kind = Kind::of(&i.kind);
+                match self.owner(kind, &i.value, id_hash(kind, &i.value)) {
+                    Some(owner) if owner == p.id => {}
                     other => {
                         let key = format!("{}:{}", i.kind, i.value);
                         return Err(format!("{key} listed by {} but owned by {other:?}", p.id));

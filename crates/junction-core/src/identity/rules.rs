@@ -7,8 +7,11 @@
 //! a configuration and names the offending field on error. Lookups never fail: a type that
 //! is not configured (e.g. a new `context.externalIds` type) gets the default limit and ranks
 //! after every configured type.
+//!
+//! Identifier types are interned process-wide as [`Kind`]s (a number per distinct name), so
+//! the graph compares and hashes a type as a `u32`, and any thread may intern a name.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, OnceLock, RwLock};
 
 use regex::Regex;
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
@@ -21,6 +24,109 @@ pub mod kinds {
     pub const PHONE: &str = "phone";
     pub const GROUP_ID: &str = "group_id";
     pub const GA_CLIENT_ID: &str = "ga_client_id";
+}
+
+/// An interned identifier type name: equal names are equal kinds for the life of the process.
+/// The order of kinds is that of interning, not of names (never sort by it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Kind(u32);
+
+/// Names of the built-in kinds, at the indexes of their constants.
+const BUILT_IN: [&str; 6] = [
+    kinds::USER_ID,
+    kinds::ANONYMOUS_ID,
+    kinds::EMAIL,
+    kinds::PHONE,
+    kinds::GROUP_ID,
+    kinds::GA_CLIENT_ID,
+];
+
+/// Chunks of the name table: chunk `c` holds the names of kinds `2^c - 1 .. 2^(c+1) - 1`.
+const CHUNKS: usize = 32;
+
+/// Names by kind, appended under [`INDEX`]'s write lock and read without any lock (a name,
+/// once interned, is never removed or changed).
+static NAMES: [OnceLock<Chunk>; CHUNKS] = [const { OnceLock::new() }; CHUNKS];
+
+/// One chunk of [`NAMES`].
+type Chunk = Box<[OnceLock<Arc<str>>]>;
+
+/// [`INDEX`]: kinds by name, and how many there are.
+type Index = (HashMap<Arc<str>, Kind>, u32);
+
+/// Kinds by name, and how many there are.
+static INDEX: LazyLock<RwLock<Index>> = LazyLock::new(|| {
+    let mut index = (HashMap::default(), 0);
+    for name in BUILT_IN {
+        intern(&mut index, name);
+    }
+    RwLock::new(index)
+});
+
+/// The chunk and position of kind `i` in [`NAMES`].
+fn slot(i: u32) -> (usize, usize) {
+    let n = u64::from(i) + 1;
+    let chunk = 63 - n.leading_zeros();
+    (chunk as usize, (n - (1 << chunk)) as usize)
+}
+
+fn intern(index: &mut Index, name: &str) -> Kind {
+    assert!(index.1 < u32::MAX, "fewer than 2^32 - 1 identifier types");
+    let kind = Kind(index.1);
+    let (chunk, at) = slot(kind.0);
+    let chunk =
+        NAMES[chunk].get_or_init(|| (0..1usize << chunk).map(|_| OnceLock::new()).collect());
+    let name: Arc<str> = name.into();
+    let _ = chunk[at].set(Arc::clone(&name));
+    index.0.insert(name, kind);
+    index.1 += 1;
+    kind
+}
+
+impl Kind {
+    pub const USER_ID: Kind = Kind(0);
+    pub const ANONYMOUS_ID: Kind = Kind(1);
+    pub const EMAIL: Kind = Kind(2);
+    pub const PHONE: Kind = Kind(3);
+    pub const GROUP_ID: Kind = Kind(4);
+    pub const GA_CLIENT_ID: Kind = Kind(5);
+
+    /// The kind named `name`, interned on first use.
+    pub fn of(name: &str) -> Kind {
+        if let Some(kind) = Kind::find(name) {
+            return kind;
+        }
+        let mut index = INDEX.write().unwrap_or_else(|e| e.into_inner());
+        match index.0.get(name) {
+            Some(kind) => *kind,
+            None => intern(&mut index, name),
+        }
+    }
+
+    /// The kind named `name` if it was ever interned (nothing is added: for lookups of
+    /// names that come from outside, such as an API path). Built-in names without a lock.
+    pub fn find(name: &str) -> Option<Kind> {
+        if let Some(i) = BUILT_IN.iter().position(|b| *b == name) {
+            return Some(Kind(i as u32));
+        }
+        let index = INDEX.read().unwrap_or_else(|e| e.into_inner());
+        index.0.get(name).copied()
+    }
+
+    /// The shared name (no lock).
+    pub fn name(self) -> &'static Arc<str> {
+        LazyLock::force(&INDEX);
+        let (chunk, at) = slot(self.0);
+        NAMES[chunk]
+            .get()
+            .and_then(|c| c[at].get())
+            .expect("a kind is only made by interning its name")
+    }
+
+    /// A number for hashing (stable for the life of the process only).
+    pub fn index(self) -> u32 {
+        self.0
+    }
 }
 
 pub const DEFAULT_LIMIT: u32 = 5;
@@ -43,7 +149,7 @@ pub const DEFAULT_BLOCKED: &[&str] = &[
 pub const DEFAULT_BLOCKED_PATTERN: &str = "^[0-]*$";
 
 /// The rule for one identifier type.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TypeRule {
     /// At most this many values of the type per profile (within `window_ms` when set).
     pub limit: u32,
@@ -84,19 +190,24 @@ pub struct RulesError {
     pub message: String,
 }
 
+/// A custom identifier: the trait or property `key` whose value is an identifier of `kind`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CustomId {
+    pub key: String,
+    pub kind: Kind,
+}
+
 /// Validated rules.
 #[derive(Clone, Debug)]
 pub struct Rules {
-    types: HashMap<Arc<str>, TypeRule>,
-    /// Shared names of the built-in and configured types (no allocation per identifier).
-    interned: HashSet<Arc<str>>,
+    types: HashMap<Kind, TypeRule>,
     blocked_exact: HashSet<String>,
     /// Length of the longest exact blocked value: longer values skip the lowercase lookup.
     blocked_exact_max: usize,
     /// Configured patterns (the default one is checked without a regex).
     blocked_patterns: Vec<Regex>,
-    pub trait_identifiers: Vec<(String, Arc<str>)>,
-    pub property_identifiers: Vec<(String, Arc<str>)>,
+    pub trait_identifiers: Vec<CustomId>,
+    pub property_identifiers: Vec<CustomId>,
     pub max_merges: usize,
     pub max_identifiers: usize,
 }
@@ -142,9 +253,9 @@ pub fn parse_window(s: &str) -> Result<Option<i64>, String> {
 
 impl Rules {
     pub fn new(spec: &RulesSpec) -> Result<Rules, RulesError> {
-        let mut types: HashMap<Arc<str>, TypeRule> = HashMap::default();
+        let mut types: HashMap<Kind, TypeRule> = HashMap::default();
         types.insert(
-            kinds::USER_ID.into(),
+            Kind::USER_ID,
             TypeRule {
                 limit: 1,
                 window_ms: None,
@@ -152,7 +263,7 @@ impl Rules {
             },
         );
         types.insert(
-            kinds::EMAIL.into(),
+            Kind::EMAIL,
             TypeRule {
                 limit: DEFAULT_LIMIT,
                 window_ms: None,
@@ -170,7 +281,8 @@ impl Rules {
                     ),
                 ));
             }
-            let base = types.get(t.kind.as_str()).cloned().unwrap_or(TypeRule {
+            let kind = Kind::of(&t.kind);
+            let base = types.get(&kind).copied().unwrap_or(TypeRule {
                 limit: DEFAULT_LIMIT,
                 window_ms: None,
                 priority: None,
@@ -190,7 +302,7 @@ impl Rules {
                 ));
             }
             types.insert(
-                t.kind.as_str().into(),
+                kind,
                 TypeRule {
                     limit,
                     window_ms,
@@ -221,7 +333,11 @@ impl Rules {
                             format!("{kind:?} must be 1-100 characters of a-z, 0-9, '_', '.', '-'"),
                         ));
                     }
-                    Ok((key.clone(), Arc::from(kind.as_str())))
+                    let interned = Kind::of(kind);
+                    Ok(CustomId {
+                        key: key.clone(),
+                        kind: interned,
+                    })
                 })
                 .collect::<Result<Vec<_>, _>>()
         };
@@ -230,25 +346,10 @@ impl Rules {
         if max_identifiers == 0 {
             return Err(error("max_identifiers", "must be at least 1"));
         }
-        let mut interned: HashSet<Arc<str>> = types.keys().cloned().collect();
-        for kind in [
-            kinds::USER_ID,
-            kinds::ANONYMOUS_ID,
-            kinds::EMAIL,
-            kinds::PHONE,
-            kinds::GROUP_ID,
-            kinds::GA_CLIENT_ID,
-        ] {
-            interned.insert(kind.into());
-        }
         let trait_identifiers = custom(&spec.trait_identifiers, "trait_identifiers")?;
         let property_identifiers = custom(&spec.property_identifiers, "property_identifiers")?;
-        for (_, kind) in trait_identifiers.iter().chain(&property_identifiers) {
-            interned.insert(Arc::clone(kind));
-        }
         Ok(Rules {
             types,
-            interned,
             blocked_exact,
             blocked_exact_max,
             blocked_patterns,
@@ -259,31 +360,24 @@ impl Rules {
         })
     }
 
-    /// The shared name of `kind` (allocated only for types the rules do not know).
-    pub fn kind(&self, kind: &str) -> Arc<str> {
-        self.interned
-            .get(kind)
-            .cloned()
-            .unwrap_or_else(|| kind.into())
-    }
-
     /// The rule for `kind`; unconfigured types get the default limit, no window, no priority.
-    pub fn rule(&self, kind: &str) -> TypeRule {
-        self.types.get(kind).cloned().unwrap_or(TypeRule {
+    pub fn rule(&self, kind: Kind) -> TypeRule {
+        self.types.get(&kind).copied().unwrap_or(TypeRule {
             limit: DEFAULT_LIMIT,
             window_ms: None,
             priority: None,
         })
     }
 
-    /// Sort key: lower ranks first (higher priority). Unranked types follow by name.
-    pub fn rank<'a>(&self, kind: &'a str) -> (u32, &'a str) {
-        rank(self.priority(kind), kind)
+    /// Sort key of the type named `name`: lower ranks first (higher priority). Unranked
+    /// types follow by name.
+    pub fn rank<'a>(&self, name: &'a str) -> (u32, &'a str) {
+        rank(Kind::find(name).and_then(|k| self.priority(k)), name)
     }
 
     /// The configured priority of `kind` ([`Rules::rank`] without the name).
-    pub fn priority(&self, kind: &str) -> Option<u32> {
-        self.types.get(kind).and_then(|r| r.priority)
+    pub fn priority(&self, kind: Kind) -> Option<u32> {
+        self.types.get(&kind).and_then(|r| r.priority)
     }
 
     /// A value that stays in the payload but never becomes an identifier.
@@ -333,11 +427,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn kinds_are_interned_once_and_named_without_a_lock() {
+        assert_eq!(Kind::of("user_id"), Kind::USER_ID);
+        assert_eq!(&**Kind::GA_CLIENT_ID.name(), "ga_client_id");
+        assert_eq!(Kind::find("kinds_test.never_seen"), None);
+        let kinds: Vec<Kind> = (0..300)
+            .map(|i| Kind::of(&format!("kinds_test.{i}")))
+            .collect();
+        for (i, kind) in kinds.iter().enumerate() {
+            assert_eq!(Kind::of(&format!("kinds_test.{i}")), *kind);
+            assert_eq!(&**kind.name(), format!("kinds_test.{i}"));
+        }
+        let mut distinct = kinds.clone();
+        distinct.sort_by_key(|k| k.index());
+        distinct.dedup();
+        assert_eq!(distinct.len(), kinds.len());
+        assert_eq!(slot(0), (0, 0));
+        assert_eq!(slot(1), (1, 0));
+        assert_eq!(slot(2), (1, 1));
+        assert_eq!(slot(3), (2, 0));
+        assert_eq!(slot(u32::MAX - 1), (31, (1 << 31) - 1));
+    }
+
+    #[test]
     fn defaults_match_segment() {
         let r = Rules::default();
-        assert_eq!(r.rule("user_id").limit, 1);
-        assert_eq!(r.rule("anonymous_id").limit, 5);
-        assert_eq!(r.rule("some.new_type").limit, 5);
+        assert_eq!(r.rule(Kind::USER_ID).limit, 1);
+        assert_eq!(r.rule(Kind::ANONYMOUS_ID).limit, 5);
+        assert_eq!(r.rule(Kind::of("some.new_type")).limit, 5);
         assert!(r.rank("user_id") < r.rank("email"));
         assert!(r.rank("email") < r.rank("anonymous_id"));
         assert!(r.rank("anonymous_id") < r.rank("ios.id"));
@@ -373,7 +490,7 @@ mod tests {
             ..Default::default()
         };
         let r = Rules::new(&spec).unwrap();
-        assert_eq!(r.rule("phone").window_ms, Some(30 * 86_400_000));
+        assert_eq!(r.rule(Kind::PHONE).window_ms, Some(30 * 86_400_000));
         assert!(r.rank("phone") < r.rank("anonymous_id"));
         assert!(r.is_blocked("test@example.com"));
         assert!(r.is_blocked("temp_123"));

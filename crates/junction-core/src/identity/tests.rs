@@ -29,15 +29,18 @@ impl Run {
     fn send(&mut self, mut event: serde_json::Value, at_ms: i64) -> Applied {
         event["timestamp"] = json!(crate::timestamp::format(at_ms));
         let bytes = serde_json::to_vec(&event).unwrap();
-        let observed = observe(&bytes, self.graph.rules()).unwrap();
+        let source: Arc<str> = Arc::from("web");
         let meta = EventMeta {
             offset: self.next,
             received_at_ms: at_ms,
-            source: Arc::from("web"),
-            message_id: format!("m{}", self.next),
+            source: &source,
+            message_id: &format!("m{}", self.next),
         };
+        let mut batch = Batch::default();
+        batch.push(&meta, &bytes, self.graph.rules()).unwrap();
         self.next += 1;
-        let applied = self.graph.apply(&meta, observed);
+        let (meta, observed) = batch.get(0);
+        let applied = self.graph.apply(&meta, &observed.unwrap());
         self.graph.check_invariants().unwrap();
         applied
     }
@@ -327,6 +330,58 @@ fn traits_take_the_latest_event_timestamp_whatever_the_arrival_order() {
 }
 
 #[test]
+fn an_event_that_changes_nothing_but_the_last_event_only_touches_its_profile() {
+    let mut r = Run::new(Rules::default());
+    r.send(track(json!({"anonymousId": "a1"})), T0);
+    let created = r.graph.take_changes();
+    let id = r.owner("anonymous_id", "a1").unwrap();
+    assert_eq!((created.profiles, created.touched), (vec![id], vec![]));
+    r.send(track(json!({"anonymousId": "a1"})), T0 + 1);
+    let c = r.graph.take_changes();
+    assert_eq!(
+        (c.profiles, c.touched, c.timeline.len()),
+        (vec![], vec![id], 1)
+    );
+    // A trait, an identifier or an account changes the record.
+    r.send(
+        json!({"type": "identify", "anonymousId": "a1", "traits": {"plan": "pro"}}),
+        T0 + 2,
+    );
+    r.send(track(json!({"anonymousId": "a1"})), T0 + 3);
+    let c = r.graph.take_changes();
+    assert_eq!((c.profiles, c.touched), (vec![id], vec![]));
+    r.send(track(json!({"anonymousId": "a1", "userId": "u1"})), T0 + 4);
+    assert_eq!(r.graph.take_changes().profiles, vec![id]);
+    r.send(
+        json!({"type": "group", "userId": "u1", "groupId": "g1"}),
+        T0 + 5,
+    );
+    assert_eq!(r.graph.take_changes().profiles, vec![id]);
+    // The same trait value again (older) changes nothing.
+    r.send(
+        json!({"type": "identify", "userId": "u1", "traits": {"plan": "pro"}}),
+        T0 + 1,
+    );
+    let c = r.graph.take_changes();
+    assert_eq!((c.profiles, c.touched), (vec![], vec![id]));
+}
+
+#[test]
+fn identify_traits_win_over_context_traits_of_the_same_event() {
+    let mut r = Run::new(Rules::default());
+    r.send(
+        json!({"type": "identify", "userId": "u1", "traits": {"plan": "pro"},
+               "context": {"traits": {"plan": "free", "seats": 3}}}),
+        T0,
+    );
+    assert_eq!(
+        r.trait_of("user_id", "u1", "plan").as_deref(),
+        Some("\"pro\"")
+    );
+    assert_eq!(r.trait_of("user_id", "u1", "seats").as_deref(), Some("3"));
+}
+
+#[test]
 fn group_calls_build_accounts_linked_both_ways() {
     let mut r = Run::new(Rules::default());
     r.send(json!({"type": "group", "userId": "u1", "groupId": "acme", "traits": {"name": "Acme", "plan": "ent"}}), T0);
@@ -435,6 +490,31 @@ fn run_all(events: &[(serde_json::Value, i64)], rules: &Rules) -> (Run, Vec<Appl
     (r, applied)
 }
 
+/// The events in one batch, with the offsets, times and message ids `Run::send` gives them.
+fn batch_of(events: &[(serde_json::Value, i64)], rules: &Rules) -> Batch {
+    let mut batch = Batch::default();
+    let source: Arc<str> = Arc::from("web");
+    for (offset, (e, t)) in events.iter().enumerate() {
+        let mut e = e.clone();
+        e["timestamp"] = json!(crate::timestamp::format(*t));
+        let meta = EventMeta {
+            offset: offset as u64,
+            received_at_ms: *t,
+            source: &source,
+            message_id: &format!("m{offset}"),
+        };
+        batch
+            .push(&meta, &serde_json::to_vec(&e).unwrap(), rules)
+            .unwrap();
+    }
+    batch
+}
+
+/// Each profile's events.
+fn events_of(g: &Graph) -> Vec<(ProfileId, Vec<EventRef>)> {
+    g.profiles().map(|p| (p.id, p.events.clone())).collect()
+}
+
 fn windowed_rules() -> Rules {
     Rules::new(&RulesSpec {
         identifiers: vec![TypeSpec {
@@ -487,22 +567,37 @@ proptest! {
         let rules = windowed_rules();
         let (tracked, applied) = run_all(&events, &rules);
         let mut untracked = Graph::untracked(rules.clone());
-        for (offset, ((e, t), expected)) in events.iter().zip(&applied).enumerate() {
-            let mut e = e.clone();
-            e["timestamp"] = json!(crate::timestamp::format(*t));
-            let observed = observe(&serde_json::to_vec(&e).unwrap(), &rules).unwrap();
-            let meta = EventMeta {
-                offset: offset as u64,
-                received_at_ms: *t,
-                source: Arc::from("web"),
-                message_id: format!("m{offset}"),
-            };
-            prop_assert_eq!(&untracked.apply(&meta, observed), expected);
+        // All events in one batch, as the processor's reader hands them over.
+        let batch = batch_of(&events, &rules);
+        for (i, expected) in applied.iter().enumerate() {
+            let (meta, observed) = batch.get(i);
+            prop_assert_eq!(&untracked.apply(&meta, &observed.unwrap()), expected);
         }
         prop_assert_eq!(untracked.canonical(), tracked.graph.canonical());
-        let events_of = |g: &Graph| g.profiles().map(|p| (p.id, p.events.clone())).collect::<Vec<_>>();
         prop_assert_eq!(events_of(&untracked), events_of(&tracked.graph));
         prop_assert!(!untracked.has_changes());
+    }
+
+    /// Applying runs of events with `Graph::apply_batch` (owners looked up ahead of each
+    /// run) gives exactly what applying them one by one gives, whatever the run lengths.
+    #[test]
+    fn batch_application_equals_one_by_one(
+        events in prop::collection::vec(arb_event(), 1..120),
+        run in 1usize..40,
+    ) {
+        let rules = windowed_rules();
+        let (one_by_one, _) = run_all(&events, &rules);
+        let batch = batch_of(&events, &rules);
+        let mut batched = Graph::new(rules.clone());
+        for start in (0..batch.len()).step_by(run) {
+            let end = batch.len().min(start + run);
+            prop_assert_eq!(batched.apply_batch(&batch, start..end), Some(end as u64));
+        }
+        batched.check_invariants().unwrap();
+        prop_assert_eq!(batched.canonical(), one_by_one.graph.canonical());
+        prop_assert_eq!(events_of(&batched), events_of(&one_by_one.graph));
+        prop_assert_eq!(batched.counters(), one_by_one.graph.counters());
+        prop_assert_eq!(batched.take_changes(), one_by_one.graph.clone().take_changes());
     }
 
     /// No profile holds more user_ids than its limit; every identifier ever owned stays

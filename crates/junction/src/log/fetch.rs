@@ -35,7 +35,7 @@ use std::sync::{Arc, Mutex};
 
 use super::LogError;
 use super::format::{SEGMENT_HEADER_LEN, Scratch};
-use super::reader::Record;
+use super::reader::{Record, RecordRef};
 use super::segment::{SegmentCursor, Step, list_segments};
 use super::writer::lock;
 
@@ -453,8 +453,10 @@ impl Segment<'_> {
                                     continue;
                                 }
                                 let at = frame.received_at_ms;
-                                records
-                                    .extend(Record::from_entry(offset, at, &source, entry, false));
+                                records.extend(
+                                    RecordRef::from_entry(offset, at, &source, entry, false)
+                                        .map(|r| r.to_record()),
+                                );
                                 k += 1;
                             }
                         }

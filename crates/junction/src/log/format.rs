@@ -4,18 +4,20 @@
 //! and [`PendingFrame::encode`]/[`parse_body`] are exact inverses; a frame's CRC (crc32c)
 //! covers its whole body, so a body that passes [`check_frame`] was written by a writer of
 //! this format and never has to be trusted byte by byte. The layout is documented in
-//! `log/mod.rs` and pinned by the `tests/fixtures/log-v1` and `tests/fixtures/log-v2`
-//! fixtures: change it only together with [`FORMAT_VERSION`].
+//! `log/mod.rs` and pinned by the `tests/fixtures/log-v1`, `log-v2` and `log-v3` fixtures:
+//! change it only together with [`FORMAT_VERSION`].
 //!
-//! [`PendingFrame::encode`] writes version 2 frames only: the entries' message ids and
+//! [`PendingFrame::encode`] writes two-block frames only (versions 2 and 3): the entries' message ids and
 //! identity projections in one block, their JSON in another, each compressed on its own.
 //! [`Frame::decode`] reads both layouts; asked for identities only, it leaves the JSON block
 //! of a version 2 frame compressed unless an entry has no projection to return.
 
 use super::Codec;
 
-/// Version written in every new segment header.
-pub const FORMAT_VERSION: u16 = 2;
+/// Version written in every new segment header. Versions 2 and 3 have the same frames;
+/// in version 3 the identity projections are binary (`junction_core::identity::project`),
+/// in version 2 they are JSON.
+pub const FORMAT_VERSION: u16 = 3;
 /// Oldest segment version readers accept; version 1 segments hold only version 1 frames.
 pub const OLDEST_FORMAT_VERSION: u16 = 1;
 /// First 8 bytes of every segment file.

@@ -10,14 +10,14 @@
 //! - One process writes a log directory at a time (`<dir>/LOCK`, `flock`). Any number of
 //!   [`LogReader`]s may read it, in any process, without a lock.
 //!
-//! # On-disk format, version 2 (all integers little-endian)
+//! # On-disk format, version 3 (all integers little-endian)
 //! A log is a directory of segments `<base offset as 20 digits>.seg`, e.g.
 //! `00000000000000000000.seg`, plus `LOCK`; `*.tmp` files are preallocated spares or
 //! leftovers and are deleted on open. A segment is a 32-byte header followed by frames:
 //! ```text
 //! segment header (32 bytes)
 //!   0  [u8; 8]  magic "JNCTNLOG"
-//!   8  u16      format version = 2 (1 in segments written before version 2, see below)
+//!   8  u16      format version = 3 (1 or 2 in segments written before, see below)
 //!  10  u16      flags = 0
 //!  12  u64      base offset (= first offset of the segment's first frame = file name)
 //!  20  i64      creation time, ms since the Unix epoch
@@ -45,9 +45,14 @@
 //!   event); an erased entry has identity_len = 0 (the projection holds personal data too).
 //!   identity_len = 0 otherwise means the event has no identity projection.
 //! ```
-//! The identity projection is a small JSON document computed at ingest (a few fields the
-//! identity resolution needs); block A lets a reader get it without decompressing the
-//! events ([`LogReader::open_identities`]).
+//! The identity projection is computed at ingest (the few fields identity resolution needs,
+//! in the binary form of `junction_core::identity::project`); block A lets a reader get it
+//! without decompressing the events ([`LogReader::open_identities`]). The log treats it as
+//! opaque bytes.
+//!
+//! **Version 2** segments have the same frames, with projections that are small JSON
+//! documents (they start with `{`; readers of projections accept both). Version 3 exists
+//! so that a version 2 binary refuses a log it would misread.
 //!
 //! **Version 1** segments (header version 1) hold only version 1 frames, whose body after
 //! `received_at_ms` is:
@@ -60,10 +65,10 @@
 //!                           json_len = 0 marks an ERASED entry
 //! ```
 //! The byte after `received_at_ms` tells the layouts apart frame by frame (high bit set =
-//! two blocks). Readers accept segments of versions 1 and 2; a two-block frame in a version
+//! two blocks). Readers accept segments of versions 1 to 3; a two-block frame in a version
 //! 1 segment is invalid (a version 1 binary reading that segment could not decode it). New
-//! segments are version 2, and the writer never appends to a version 1 segment: when the
-//! last segment found on open is version 1, the first append rolls to a new segment.
+//! segments are version 3, and the writer never appends to an older segment: when the last
+//! segment found on open is of an older version, the first append rolls to a new segment.
 //!
 //! Varints are LEB128 (7 bits per byte, low first). Frames are not aligned. A segment file
 //! is preallocated to its full size (default 64 MiB; a frame larger than that gets a
@@ -163,7 +168,7 @@ use tokio::sync::{oneshot, watch};
 
 pub use fetch::EventFetcher;
 pub use format::{Entry, FORMAT_VERSION, MAX_SOURCE_LEN, OLDEST_FORMAT_VERSION, PendingFrame};
-pub use reader::{LogReader, Record};
+pub use reader::{LogReader, Record, RecordRef};
 
 use crate::metrics::{self, Histogram};
 use writer::{Shared, Submission, Writer, lock};

@@ -16,6 +16,9 @@
 //!   events stored without a projection) comes back with its full `json`, as from
 //!   [`LogReader::open`]. The frame's JSON block is decompressed only for such events, or
 //!   to find out that an event is erased.
+//! - [`LogReader::next_frame`] hands out the records of one frame at a time, borrowed from
+//!   the reader's buffers (no allocation per record: the processor's replay);
+//!   [`LogReader::next_record`] returns owned records one at a time.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -40,14 +43,27 @@ pub struct Record {
     pub identity: Vec<u8>,
 }
 
-impl Record {
+/// A [`Record`] borrowed from the reader's buffers ([`LogReader::next_frame`]).
+#[derive(Clone, Copy, Debug)]
+pub struct RecordRef<'a> {
+    pub offset: u64,
+    pub received_at_ms: i64,
+    pub source: &'a Arc<str>,
+    pub message_id: &'a str,
+    /// As [`Record::json`].
+    pub json: &'a [u8],
+    /// As [`Record::identity`].
+    pub identity: &'a [u8],
+}
+
+impl<'a> RecordRef<'a> {
     /// The record of a decoded entry, `None` for an erased one. With `identity_only`, an
-    /// entry that has an identity is returned without its JSON.
+    /// entry that has an identity comes without its JSON.
     pub(super) fn from_entry(
         offset: u64,
         received_at_ms: i64,
-        source: &Arc<str>,
-        entry: EntryRef<'_>,
+        source: &'a Arc<str>,
+        entry: EntryRef<'a>,
         identity_only: bool,
     ) -> Option<Self> {
         // `json` is `None` only for an entry with an identity in an identity-only decode,
@@ -56,17 +72,28 @@ impl Record {
             return None;
         }
         let json = match identity_only && !entry.identity.is_empty() {
-            true => Vec::new(),
-            false => entry.json.unwrap_or_default().to_vec(),
+            true => &[][..],
+            false => entry.json.unwrap_or_default(),
         };
         Some(Self {
             offset,
             received_at_ms,
-            source: Arc::clone(source),
-            message_id: entry.message_id.to_owned(),
+            source,
+            message_id: entry.message_id,
             json,
-            identity: entry.identity.to_vec(),
+            identity: entry.identity,
         })
+    }
+
+    pub fn to_record(&self) -> Record {
+        Record {
+            offset: self.offset,
+            received_at_ms: self.received_at_ms,
+            source: Arc::clone(self.source),
+            message_id: self.message_id.to_owned(),
+            json: self.json.to_vec(),
+            identity: self.identity.to_vec(),
+        }
     }
 }
 
@@ -83,6 +110,8 @@ pub struct LogReader {
     identity_only: bool,
     /// Decompression buffers, reused for every frame.
     scratch: Scratch,
+    /// The source of the last frame read (frames of one source share it).
+    source: Arc<str>,
 }
 
 enum Action {
@@ -120,6 +149,7 @@ impl LogReader {
             pending: VecDeque::new(),
             identity_only,
             scratch: Scratch::default(),
+            source: Arc::from(""),
         };
         reader.cursor = reader.start_segment()?;
         Ok(reader)
@@ -136,9 +166,24 @@ impl LogReader {
             if let Some(record) = self.pending.pop_front() {
                 return Ok(Some(record));
             }
-            match self.step()? {
-                Action::Read => {}
-                Action::Wait => return Ok(None),
+            let mut pending = std::mem::take(&mut self.pending);
+            let more = self.next_frame(&mut |r| pending.push_back(r.to_record()));
+            self.pending = pending;
+            if !more? {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Reads the next frame, calling `visit` for each of its records at or above the
+    /// reader's position, in order (possibly none: erased or skipped entries); `false` when
+    /// everything written so far has been read. Records returned by
+    /// [`next_record`](Self::next_record) and not yet taken are not visited again.
+    pub fn next_frame(&mut self, visit: &mut dyn FnMut(RecordRef<'_>)) -> Result<bool, LogError> {
+        loop {
+            match self.step(visit)? {
+                Action::Read => return Ok(true),
+                Action::Wait => return Ok(false),
                 Action::NextSegment => self.next_segment()?,
             }
         }
@@ -157,8 +202,9 @@ impl LogReader {
             .transpose()
     }
 
-    /// Consumes one frame into `pending`, or says what to do at the end of the segment.
-    fn step(&mut self) -> Result<Action, LogError> {
+    /// Consumes one frame, visiting its records, or says what to do at the end of the
+    /// segment.
+    fn step(&mut self, visit: &mut dyn FnMut(RecordRef<'_>)) -> Result<Action, LogError> {
         if self.cursor.is_none() {
             self.cursor = self.start_segment()?;
             self.complete = false;
@@ -185,16 +231,18 @@ impl LogReader {
                             position: pos,
                             reason,
                         })?;
-                    let source: Arc<str> = frame.source.into();
+                    if *self.source != *frame.source {
+                        self.source = frame.source.into();
+                    }
+                    let (at, identity_only) = (frame.received_at_ms, self.identity_only);
                     for (offset, entry) in (frame.first_offset..).zip(decoded.entries()) {
                         if offset < self.from {
                             continue;
                         }
-                        let (at, identity_only) = (frame.received_at_ms, self.identity_only);
                         if let Some(record) =
-                            Record::from_entry(offset, at, &source, entry, identity_only)
+                            RecordRef::from_entry(offset, at, &self.source, entry, identity_only)
                         {
-                            self.pending.push_back(record);
+                            visit(record);
                         }
                     }
                 }

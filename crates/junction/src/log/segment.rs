@@ -9,8 +9,8 @@
 //! - [`SegmentCursor`] walks frames in order and never modifies the file; it reports the end
 //!   of written data (`End`: zero length or end of file) separately from a frame that is not
 //!   valid (`Bad`), and the caller decides whether that is a torn tail or corruption. It opens
-//!   segments of format versions 1 and 2; a version 2 (two-block) frame in a version 1
-//!   segment is `Bad`: old binaries cannot read it, so no writer puts one there.
+//!   segments of format versions 1 to 3; a two-block frame in a version 1 segment is `Bad`:
+//!   old binaries cannot read it, so no writer puts one there.
 //! - [`recover`] trusts the last segment up to its first bad frame and zeroes everything
 //!   after the last good frame, so the next append lands on zeros.
 
@@ -314,7 +314,7 @@ impl SegmentCursor {
                 frame.first_offset
             ))),
             Ok(frame) if frame.is_split() && version < 2 => {
-                Ok(Step::Bad("version 2 frame in a version 1 segment".into()))
+                Ok(Step::Bad("two-block frame in a version 1 segment".into()))
             }
             Ok(frame) => Ok(Step::Frame { frame, end }),
             Err(reason) => Ok(Step::Bad(reason)),

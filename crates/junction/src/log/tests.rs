@@ -834,7 +834,7 @@ fn corruption_in_a_sealed_segment_is_reported_with_its_position() {
 fn unknown_format_version_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let header = SegmentHeader {
-        version: 3,
+        version: FORMAT_VERSION + 1,
         base_offset: 0,
         created_at_ms: 0,
     }
@@ -845,10 +845,10 @@ fn unknown_format_version_is_refused() {
     fs::write(&path, bytes).unwrap();
     let err = Log::open(config(tmp.path(), 4096)).err().expect("refused");
     assert!(
-        matches!(err, LogError::UnsupportedVersion { version: 3, .. }),
+        matches!(err, LogError::UnsupportedVersion { version, .. } if version == FORMAT_VERSION + 1),
         "{err}"
     );
-    assert!(err.to_string().contains("reads versions 1 to 2"), "{err}");
+    assert!(err.to_string().contains("reads versions 1 to 3"), "{err}");
 }
 
 #[test]
@@ -896,7 +896,7 @@ fn metrics_are_rendered() {
 // ---- format fixtures ----
 
 const FIXTURE_SEGMENT_BYTES: u64 = 1024;
-const FIXTURE_V2_SEGMENT_BYTES: u64 = 4096;
+const FIXTURE_SPLIT_SEGMENT_BYTES: u64 = 4096;
 
 fn fixture_dir(version: u16) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/fixtures/log-v{version}"))
@@ -923,7 +923,7 @@ struct FixtureFrame {
 struct FixtureEntry {
     message_id: String,
     json: String,
-    identity: String,
+    identity: Vec<u8>,
 }
 
 /// The frames stored in `tests/fixtures/log-v1` (no identities: version 1 has none).
@@ -945,7 +945,7 @@ fn fixture_frames() -> Vec<FixtureFrame> {
                     FixtureEntry {
                         message_id: id,
                         json,
-                        identity: String::new(),
+                        identity: Vec::new(),
                     }
                 })
                 .collect();
@@ -959,10 +959,12 @@ fn fixture_frames() -> Vec<FixtureFrame> {
         .collect()
 }
 
-/// The frames stored in `tests/fixtures/log-v2`: entries with and without identities, an
-/// erased one (handed over with an identity), and blocks of both codecs (frame 3 has both
-/// blocks compressed, frame 7 only the JSON block).
-fn fixture_v2_frames() -> Vec<FixtureFrame> {
+/// The frames stored in `tests/fixtures/log-v2` and `log-v3`: entries with and without
+/// identities, an erased one (handed over with an identity), and blocks of both codecs
+/// (frame 3 has both blocks compressed, frame 7 only the JSON block). Version 2 holds JSON
+/// projections (written by hand), version 3 binary ones of events with a timestamp
+/// (computed by `junction_core::identity::project`).
+fn fixture_split_frames(version: u16) -> Vec<FixtureFrame> {
     (0..10u64)
         .map(|f| {
             let source = ["web", "ios", "server"][f as usize % 3].to_string();
@@ -970,24 +972,27 @@ fn fixture_v2_frames() -> Vec<FixtureFrame> {
             let n = [1, 2, 3, 40, 1, 2, 3, 20, 12, 2][f as usize];
             let entries = (0..n)
                 .map(|i| {
-                    let id = format!("fx2-{f:02}-{i:02}");
-                    let json = if f == 6 && i == 1 {
-                        String::new() // erased
-                    } else {
-                        format!(
-                            r#"{{"type":"identify","userId":"fx-user-{f}","anonymousId":"fx-anon-{f}-{i}","messageId":"{id}","traits":{{"plan":"pro","email":"u{f}@example.com"}}}}"#
-                        )
+                    let id = format!("fx{version}-{f:02}-{i:02}");
+                    let user = format!(r#""userId":"fx-user-{f}","anonymousId":"fx-anon-{f}-{i}""#);
+                    let traits = format!(r#""traits":{{"plan":"pro","email":"u{f}@example.com"}}"#);
+                    let event = match version {
+                        2 => format!(r#"{{"type":"identify",{user},"messageId":"{id}",{traits}}}"#),
+                        _ => format!(
+                            r#"{{"type":"identify",{user},"messageId":"{id}","timestamp":"2023-11-14T22:13:{:02}.000Z",{traits}}}"#,
+                            f * 5 + i % 5
+                        ),
                     };
                     let identity = if f == 7 || (f + i) % 4 == 2 {
-                        String::new()
+                        Vec::new()
+                    } else if version == 2 {
+                        format!(r#"{{"type":"identify",{user}}}"#).into_bytes()
                     } else {
-                        format!(
-                            r#"{{"type":"identify","userId":"fx-user-{f}","anonymousId":"fx-anon-{f}-{i}"}}"#
-                        )
+                        junction_core::identity::project(event.as_bytes()).expect("projects")
                     };
+                    let erased = f == 6 && i == 1;
                     FixtureEntry {
                         message_id: id,
-                        json,
+                        json: if erased { String::new() } else { event },
                         identity,
                     }
                 })
@@ -1006,7 +1011,7 @@ fn fixture_pending(frame: &FixtureFrame) -> PendingFrame {
     let entries = frame.entries.iter().map(|e| Entry {
         message_id: &e.message_id,
         json: e.json.as_bytes(),
-        identity: e.identity.as_bytes(),
+        identity: &e.identity,
     });
     PendingFrame::encode(&frame.source, frame.received_at_ms, entries, frame.codec)
 }
@@ -1022,26 +1027,22 @@ fn fixture_expect(frames: Vec<FixtureFrame>) -> Vec<Expect> {
                 received_at_ms: frame.received_at_ms,
                 message_id: e.message_id,
                 json: (!erased).then(|| e.json.into_bytes()),
-                identity: if erased {
-                    Vec::new()
-                } else {
-                    e.identity.into_bytes()
-                },
+                identity: if erased { Vec::new() } else { e.identity },
             });
         }
     }
     expected
 }
 
-/// One-time generator of the committed v2 fixture; never run by default. (The v1 fixture
-/// can no longer be generated: this binary writes version 2 only.)
+/// One-time generator of the committed v3 fixture; never run by default. (The v1 and v2
+/// fixtures can no longer be generated: this binary writes version 3 only.)
 #[test]
-#[ignore = "regenerates tests/fixtures/log-v2; run only when creating a new format version"]
-fn generate_v2_fixture() {
-    let dir = fixture_dir(2);
+#[ignore = "regenerates tests/fixtures/log-v3; run only when creating a new format version"]
+fn generate_v3_fixture() {
+    let dir = fixture_dir(3);
     let _ = fs::remove_dir_all(&dir);
-    let (log, _) = open(config(&dir, FIXTURE_V2_SEGMENT_BYTES));
-    for frame in fixture_v2_frames() {
+    let (log, _) = open(config(&dir, FIXTURE_SPLIT_SEGMENT_BYTES));
+    for frame in fixture_split_frames(3) {
         log.append_blocking(fixture_pending(&frame)).unwrap();
     }
     drop(log);
@@ -1099,21 +1100,21 @@ fn reopen_and_append(
     report
 }
 
-#[test]
-fn opens_v2_fixture() {
-    let tmp = copy_fixture(2);
+/// Checks a committed fixture of two-block frames (format `version` 2 or 3): the encoder
+/// still writes its frames byte for byte, frame 0 with neither block compressed, frame 3
+/// with both, frame 7 with the JSON block only; everything reads back, also identities only
+/// and from the middle; appending continues it (in a new segment when it is older than this
+/// binary's version).
+fn check_split_fixture(version: u16) -> Vec<Record> {
+    let tmp = copy_fixture(version);
     let dir = tmp.path();
     let files = segment_files(dir);
     assert!(files.len() >= 2, "{files:?}");
     for file in &files {
-        assert_eq!(
-            &fs::read(file).unwrap()[0..10],
-            b"JNCTNLOG\x02\x00",
-            "{file:?}"
-        );
+        let header = SegmentHeader::decode(&fs::read(file).unwrap()).unwrap();
+        assert_eq!(header.version, version, "{file:?}");
     }
-    let frames = fixture_v2_frames();
-    // The encoder still writes exactly the committed frames, byte for byte.
+    let frames = fixture_split_frames(version);
     let mut stored = Vec::new();
     for (base, path) in segment::list_segments(dir).unwrap() {
         let bytes = fs::read(&path).unwrap();
@@ -1126,7 +1127,7 @@ fn opens_v2_fixture() {
             let (first, next) = (frame.first_offset, frame.end_offset());
             let codecs = match frame.payload {
                 Payload::Split { ids, events } => (ids.codec, events.codec),
-                Payload::Single(_) => panic!("version 1 frame in the v2 fixture"),
+                Payload::Single(_) => panic!("version 1 frame in the v{version} fixture"),
             };
             stored.push((first, bytes[pos as usize..end as usize].to_vec(), codecs));
             cursor.advance(end, next);
@@ -1140,34 +1141,68 @@ fn opens_v2_fixture() {
         assert_eq!(pending.finalize(next), &bytes[..], "frame at offset {next}");
         next += u64::from(pending.count());
     }
-    let codecs: Vec<_> = stored.iter().map(|(_, _, c)| *c).collect();
-    assert_eq!(codecs[3], (Codec::Lz4, Codec::Lz4));
-    assert_eq!(codecs[7], (Codec::None, Codec::Lz4));
-    assert_eq!(codecs[0], (Codec::None, Codec::None));
+    let stored_codecs = [0, 3, 7].map(|f| stored[f].2);
+    let (none, lz4) = (Codec::None, Codec::Lz4);
+    assert_eq!(stored_codecs, [(none, none), (lz4, lz4), (none, lz4)]);
 
     let mut expected = fixture_expect(frames);
     assert_eq!(expected.len(), 86);
     let records = read_all(dir, 0);
     assert_records(&records, &expected, 0);
     assert_eq!(records.len(), 85, "one erased entry");
-    assert_eq!(
-        String::from_utf8(records[0].identity.clone()).unwrap(),
-        r#"{"type":"identify","userId":"fx-user-0","anonymousId":"fx-anon-0-0"}"#
-    );
     let identities = read_identities(dir, 0);
     assert_identity_records(&identities, &expected, 0);
     assert!(identities.iter().any(|r| r.json.is_empty()));
     assert!(identities.iter().any(|r| r.identity.is_empty()));
     assert_identity_records(&read_identities(dir, 47), &expected, 47);
 
-    let report = reopen_and_append(dir, FIXTURE_V2_SEGMENT_BYTES, 3, &mut expected);
+    let report = reopen_and_append(dir, FIXTURE_SPLIT_SEGMENT_BYTES, 3, &mut expected);
     assert_eq!((report.next_offset, report.truncated_bytes), (86, 0));
+    let last = segment_files(dir).pop().unwrap();
+    let header = SegmentHeader::decode(&fs::read(&last).unwrap()).unwrap();
+    assert_eq!(
+        header.version, FORMAT_VERSION,
+        "appends go to a current segment"
+    );
+    if version < FORMAT_VERSION {
+        assert!(
+            segment_files(dir).len() > files.len(),
+            "an older segment gets no frame"
+        );
+    }
+    records
+}
+
+#[test]
+fn opens_v2_fixture() {
+    let records = check_split_fixture(2);
+    assert_eq!(
+        String::from_utf8(records[0].identity.clone()).unwrap(),
+        r#"{"type":"identify","userId":"fx-user-0","anonymousId":"fx-anon-0-0"}"#
+    );
+}
+
+#[test]
+fn opens_v3_fixture() {
+    let records = check_split_fixture(3);
+    // The committed binary projections read like their events.
+    let rules = junction_core::identity::Rules::default();
+    let mut read = 0;
+    for r in records.iter().filter(|r| !r.identity.is_empty()) {
+        let from_projection = junction_core::identity::observe(&r.identity, &rules).unwrap();
+        assert_eq!(
+            from_projection,
+            junction_core::identity::observe(&r.json, &rules).unwrap()
+        );
+        read += 1;
+    }
+    assert!(read > 40, "{read} projections");
 }
 
 /// Satisfies point 3 of format version 2: an old binary must never find a version 2 frame
 /// in a version 1 segment, so a v1 log is continued in a new segment.
 #[test]
-fn v1_log_is_continued_in_a_new_v2_segment() {
+fn v1_log_is_continued_in_a_new_segment() {
     let tmp = copy_fixture(1);
     let dir = tmp.path();
     let old: Vec<(PathBuf, Vec<u8>)> = segment_files(dir)
@@ -1198,7 +1233,7 @@ fn v1_log_is_continued_in_a_new_v2_segment() {
     assert_eq!(files.len(), 5, "{files:?}");
     assert_eq!(files[4], segment::segment_path(dir, 24));
     let header = SegmentHeader::decode(&fs::read(&files[4]).unwrap()).unwrap();
-    assert_eq!((header.version, header.base_offset), (2, 24));
+    assert_eq!((header.version, header.base_offset), (FORMAT_VERSION, 24));
 
     expected.extend(more);
     assert_records(&read_all(dir, 0), &expected, 0);
@@ -1210,7 +1245,7 @@ fn v1_log_is_continued_in_a_new_v2_segment() {
         expected_records(&expected, 0, &asked)
     );
 
-    // Reopened, the log appends to its v2 segment.
+    // Reopened, the log appends to its new segment.
     let (log, report) = open(config(dir, FIXTURE_SEGMENT_BYTES));
     assert_eq!((report.next_offset, report.segments), (30, 5));
     let (last, _) = append_frames(&log, 1, 1, 77);
@@ -1221,7 +1256,7 @@ fn v1_log_is_continued_in_a_new_v2_segment() {
 }
 
 #[test]
-fn empty_v1_segment_is_replaced_by_a_v2_segment() {
+fn empty_v1_segment_is_replaced_by_a_current_segment() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     write_segment_version(dir, 0, 1, [], 4096);
@@ -1269,7 +1304,7 @@ fn v2_frame_in_a_v1_segment_is_refused() {
     assert_records(&records, &expected, 0);
     assert!(
         err.to_string()
-            .contains("version 2 frame in a version 1 segment"),
+            .contains("two-block frame in a version 1 segment"),
         "{err}"
     );
 }

@@ -1,9 +1,9 @@
 //! The Unify processor: one ordered pass over the event log into the identity graph.
 //!
 //! Contract:
-//! - Records are decoded and parsed ([`observe`]) outside the graph lock, then applied in
-//!   log order under the write lock in small slices (≤ [`SLICE`] events), so Profile API
-//!   readers wait at most one slice.
+//! - Records are decoded and parsed into a [`Batch`] outside the graph lock (whole log
+//!   frames, no allocation per event), then applied in log order under the write lock in
+//!   small slices (≤ [`SLICE`] events), so Profile API readers wait at most one slice.
 //! - Changed records and the checkpoint are committed together every `commit_interval` (10×
 //!   less often while far behind the log), at the end of [`catch_up`], and on shutdown. The
 //!   processor encodes a commit ([`Prepared`], exactly the state at its checkpoint) and a
@@ -17,20 +17,16 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::time::{Duration, Instant};
 
-use junction_core::identity::{Changes, EventMeta, Graph, Observed, observe};
+use junction_core::identity::{Batch, Changes, EventMeta, Graph, Rules};
 use tokio::sync::watch;
 
 use super::Unify;
 use super::store::{Committed, Prepared};
-use crate::log::{Log, LogReader, Record};
-
-/// One decoded record: its position and what identity resolution reads from it (`None`:
-/// the stored event could not be parsed).
-type Parsed = (EventMeta, Option<Observed>);
+use crate::log::{Log, LogError, LogReader};
 
 /// While behind the log, commits happen this many times less often.
 const CATCH_UP_COMMIT_FACTOR: u32 = 10;
@@ -38,41 +34,52 @@ const CATCH_UP_COMMIT_FACTOR: u32 = 10;
 /// Events applied per write-lock hold.
 pub const SLICE: usize = 512;
 
-/// Decodes and parses up to `max` records (no lock held).
-/// Also returns a read error that stopped it early: the records read before it still count.
-fn read_slice(
-    unify: &Unify,
+/// Reads whole frames into `batch` until it holds `min` events or more, or everything
+/// written so far has been read (no lock held). On a read error the events read before it
+/// stay in `batch`.
+fn fill(
     reader: &mut LogReader,
-    max: usize,
-) -> (Vec<Parsed>, Option<crate::log::LogError>) {
-    let rules = unify.graph().rules().clone();
-    let mut out = Vec::with_capacity(max);
-    while out.len() < max {
-        match reader.next_record() {
-            Ok(Some(record)) => out.push(parse_with(record, &rules, &unify.bad_events)),
-            Ok(None) => break,
-            Err(e) => return (out, Some(e)),
+    batch: &mut Batch,
+    min: usize,
+    rules: &Rules,
+    bad: &AtomicU64,
+) -> Result<(), LogError> {
+    // The projection reads like the event for every rule that reads no property
+    // (`junction_core::identity::project`); events stored without one are read whole.
+    let whole = !rules.property_identifiers.is_empty();
+    while batch.len() < min {
+        let more = reader.next_frame(&mut |r| {
+            let json = if r.identity.is_empty() || whole {
+                r.json
+            } else {
+                r.identity
+            };
+            let meta = EventMeta {
+                offset: r.offset,
+                received_at_ms: r.received_at_ms,
+                source: r.source,
+                message_id: r.message_id,
+            };
+            if let Err(e) = batch.push(&meta, json, rules) {
+                bad.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(offset = r.offset, error = %e, "skipping a stored event");
+            }
+        })?;
+        if !more {
+            break;
         }
     }
-    (out, None)
+    Ok(())
 }
 
-/// Applies parsed events in order (draining `slice`, whose buffer the caller may reuse);
-/// returns the next offset to apply.
-fn apply_to(graph: &mut Graph, slice: &mut Vec<Parsed>, mut next: u64) -> u64 {
-    for (meta, observed) in slice.drain(..) {
-        if let Some(o) = observed {
-            graph.apply(&meta, o);
-        }
-        next = meta.offset + 1;
+/// Applies `batch` to the shared graph, [`SLICE`] events per write-lock hold, publishing
+/// the progress after each; returns the next offset to apply.
+fn apply(unify: &Unify, batch: &Batch, mut next: u64) -> u64 {
+    for start in (0..batch.len()).step_by(SLICE) {
+        let rows = start..batch.len().min(start + SLICE);
+        next = unify.graph_mut().apply_batch(batch, rows).unwrap_or(next);
+        unify.applied.store(next, Ordering::Release);
     }
-    next
-}
-
-/// [`apply_to`] the shared graph under its write lock, and publishes the progress.
-fn apply(unify: &Unify, slice: &mut Vec<Parsed>, next: u64) -> u64 {
-    let next = apply_to(&mut unify.graph_mut(), slice, next);
-    unify.applied.store(next, Ordering::Release);
     next
 }
 
@@ -177,11 +184,11 @@ pub fn catch_up(unify: &Unify, progress: &mut dyn FnMut(u64, u64)) -> anyhow::Re
     )?;
     let mut next = unify.applied();
     let mut count = 0u64;
-    for slice in pipeline.slices.iter() {
-        let mut slice = slice?;
-        count += slice.len() as u64;
-        next = apply(unify, &mut slice, next);
-        pipeline.recycle(slice);
+    for batch in pipeline.batches.iter() {
+        let batch = batch?;
+        count += batch.len() as u64;
+        next = apply(unify, &batch, next);
+        pipeline.recycle(batch);
         unify.log_end.fetch_max(next, Ordering::AcqRel);
         progress(next, count);
     }
@@ -200,29 +207,29 @@ pub fn replay(
     let mut graph = Graph::untracked(rules.clone());
     let pipeline = Pipeline::start(log_dir, 0, rules, Arc::default())?;
     let (mut next, mut count) = (0u64, 0u64);
-    for slice in pipeline.slices.iter() {
-        let mut slice = slice?;
-        count += slice.len() as u64;
-        next = apply_to(&mut graph, &mut slice, next);
-        pipeline.recycle(slice);
+    for batch in pipeline.batches.iter() {
+        let batch = batch?;
+        count += batch.len() as u64;
+        next = graph.apply_batch(&batch, 0..batch.len()).unwrap_or(next);
+        pipeline.recycle(batch);
         progress(next, count);
     }
     pipeline.join()?;
     Ok((graph, next))
 }
 
-/// A reader thread that decodes and parses slices ahead of the applier (replay uses both
-/// cores: one parses, one applies). Applied slices come back through [`Pipeline::recycle`]
+/// A reader thread that decodes and parses batches ahead of the applier (replay uses both
+/// cores: one parses, one applies). Applied batches come back through [`Pipeline::recycle`]
 /// so their buffers are reused rather than allocated (and page-faulted) again.
 struct Pipeline {
-    slices: Receiver<anyhow::Result<Vec<Parsed>>>,
-    spare: SyncSender<Vec<Parsed>>,
+    batches: Receiver<anyhow::Result<Batch>>,
+    spare: SyncSender<Batch>,
     thread: std::thread::JoinHandle<()>,
 }
 
-/// Events per slice of the pipeline.
-const PIPELINE_SLICE: usize = 4096;
-/// Slices parsed ahead of the applier.
+/// Events per batch of the pipeline (at least: whole frames).
+const PIPELINE_BATCH: usize = 4096;
+/// Batches parsed ahead of the applier.
 const PIPELINE_DEPTH: usize = 16;
 
 impl Pipeline {
@@ -234,29 +241,20 @@ impl Pipeline {
     ) -> anyhow::Result<Pipeline> {
         let mut reader = open_reader(log_dir, from, &rules)?;
         let (tx, rx) = std::sync::mpsc::sync_channel(PIPELINE_DEPTH);
-        let (spare, spares) = std::sync::mpsc::sync_channel::<Vec<Parsed>>(PIPELINE_DEPTH + 2);
+        let (spare, spares) = std::sync::mpsc::sync_channel::<Batch>(PIPELINE_DEPTH + 2);
         let thread = std::thread::Builder::new()
             .name("unify-reader".into())
             .spawn(move || {
                 loop {
-                    let mut slice = spares
-                        .try_recv()
-                        .unwrap_or_else(|_| Vec::with_capacity(PIPELINE_SLICE));
-                    let result = (|| {
-                        while slice.len() < PIPELINE_SLICE {
-                            let Some(record) = reader.next_record()? else {
-                                break;
-                            };
-                            slice.push(parse_with(record, &rules, &bad));
-                        }
-                        anyhow::Ok(())
-                    })();
-                    let done = slice.len() < PIPELINE_SLICE;
+                    let mut batch = spares.try_recv().unwrap_or_default();
+                    batch.clear();
+                    let result = fill(&mut reader, &mut batch, PIPELINE_BATCH, &rules, &bad);
+                    let done = batch.len() < PIPELINE_BATCH;
                     let send = match result {
-                        Ok(()) if slice.is_empty() => break,
-                        Ok(()) => tx.send(Ok(slice)),
+                        Ok(()) if batch.is_empty() => break,
+                        Ok(()) => tx.send(Ok(batch)),
                         Err(e) => {
-                            let _ = tx.send(Err(e));
+                            let _ = tx.send(Err(e.into()));
                             break;
                         }
                     };
@@ -267,67 +265,32 @@ impl Pipeline {
             })
             .expect("spawning the unify reader thread");
         Ok(Pipeline {
-            slices: rx,
+            batches: rx,
             spare,
             thread,
         })
     }
 
-    /// Hands an applied (empty) slice back to the reader for reuse.
-    fn recycle(&self, slice: Vec<Parsed>) {
-        let _ = self.spare.try_send(slice);
+    /// Hands an applied batch back to the reader for reuse.
+    fn recycle(&self, batch: Batch) {
+        let _ = self.spare.try_send(batch);
     }
 
     fn join(self) -> anyhow::Result<()> {
-        drop(self.slices);
+        drop(self.batches);
         self.thread
             .join()
             .map_err(|_| anyhow::anyhow!("the unify reader thread panicked"))
     }
 }
 
-/// A reader of what [`parse_with`] needs: identity projections where they suffice.
-fn open_reader(
-    dir: &Path,
-    from: u64,
-    rules: &junction_core::identity::Rules,
-) -> Result<LogReader, crate::log::LogError> {
+/// A reader of what [`fill`] needs: identity projections where they suffice.
+fn open_reader(dir: &Path, from: u64, rules: &Rules) -> Result<LogReader, LogError> {
     if rules.property_identifiers.is_empty() {
         LogReader::open_identities(dir, from)
     } else {
         LogReader::open(dir, from)
     }
-}
-
-fn parse_with(
-    record: Record,
-    rules: &junction_core::identity::Rules,
-    bad: &std::sync::atomic::AtomicU64,
-) -> Parsed {
-    // The projection reads like the event for every rule that reads no property
-    // (`junction_core::identity::project`); events stored without one are parsed whole.
-    let json = if record.identity.is_empty() || !rules.property_identifiers.is_empty() {
-        &record.json
-    } else {
-        &record.identity
-    };
-    let observed = match observe(json, rules) {
-        Ok(o) => Some(o),
-        Err(e) => {
-            bad.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(offset = record.offset, error = %e, "skipping a stored event");
-            None
-        }
-    };
-    (
-        EventMeta {
-            offset: record.offset,
-            received_at_ms: record.received_at_ms,
-            source: record.source,
-            message_id: record.message_id,
-        },
-        observed,
-    )
 }
 
 /// The running processor thread; [`Processor::stop`] (or dropping it) ends it once it has
@@ -375,6 +338,7 @@ pub fn spawn(unify: Arc<Unify>, log: Log, commit_interval: Duration) -> Processo
                 }
             };
             let mut next = unify.applied();
+            let mut batch = Batch::default();
             let mut last_commit = Instant::now();
             let (job_tx, done_rx, committer) = spawn_committer(Arc::clone(&unify));
             let mut in_flight = false;
@@ -386,10 +350,11 @@ pub fn spawn(unify: Arc<Unify>, log: Log, commit_interval: Duration) -> Processo
                     std::thread::sleep(Duration::from_millis(1));
                     continue;
                 }
-                let (mut slice, error) = read_slice(&unify, &mut reader, SLICE);
-                let read = slice.len();
+                batch.clear();
+                let error = fill(&mut reader, &mut batch, SLICE, &rules, &unify.bad_events).err();
+                let read = batch.len();
                 if read > 0 {
-                    next = apply(&unify, &mut slice, next);
+                    next = apply(&unify, &batch, next);
                 }
                 if let Some(e) = error {
                     tracing::error!(error = %e, "the unify processor cannot read the log; retrying");

@@ -3,11 +3,13 @@
 //!
 //! Contract:
 //! - Keyspaces: `profiles` (profile id, u64 big-endian → postcard [`Profile`] without its
-//!   events), `timeline` (commit number, u64 big-endian → postcard `Vec<TimelineOp>`: the
-//!   events each profile gained and the merges that moved them, one entry per commit, so a
-//!   commit never rewrites a profile's history; replayed in order on load), `accounts` (group
-//!   id → postcard [`Account`]), `meta` (`checkpoint`, `next_id`, `timeline_seq`: u64
-//!   big-endian; `format`: [`FORMAT`]).
+//!   events), `last_events` (profile id → postcard [`LastEvent`]: the only part of a profile
+//!   that most events change, written instead of the whole record when nothing else
+//!   changed; on load the newer of the two wins), `timeline` (commit number, u64
+//!   big-endian → postcard `Vec<TimelineOp>`: the events each profile gained and the merges
+//!   that moved them, one entry per commit, so a commit never rewrites a profile's history;
+//!   replayed in order on load), `accounts` (group id → postcard [`Account`]), `meta`
+//!   (`checkpoint`, `next_id`, `timeline_seq`: u64 big-endian; `format`: [`FORMAT`]).
 //! - [`Store::commit`] writes changed records, removals, the commit's timeline entry, the next
 //!   profile id and the checkpoint (the next log offset to apply) in **one atomic batch**,
 //!   fsynced before it returns: after a crash the store holds exactly the state of some
@@ -21,11 +23,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhow::Context as _;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 use junction_core::identity::{
-    Account, Changes, Graph, Profile, Rules, TimelineOp, replay_timeline,
+    Account, Changes, Graph, LastEvent, Profile, Rules, TimelineOp, replay_timeline,
 };
 
 /// Version of the record encoding; a different value needs `junction rebuild`.
-pub const FORMAT: u64 = 3;
+pub const FORMAT: u64 = 4;
 const CHECKPOINT: &[u8] = b"checkpoint";
 const NEXT_ID: &[u8] = b"next_id";
 const TIMELINE_SEQ: &[u8] = b"timeline_seq";
@@ -34,6 +36,7 @@ const FORMAT_KEY: &[u8] = b"format";
 pub struct Store {
     db: Database,
     profiles: Keyspace,
+    last_events: Keyspace,
     timeline: Keyspace,
     accounts: Keyspace,
     meta: Keyspace,
@@ -44,6 +47,7 @@ pub struct Store {
 /// One commit, encoded from the graph (under its lock) and written later ([`Store::write`]).
 pub struct Prepared {
     profiles: Vec<(u64, Vec<u8>)>,
+    last_events: Vec<(u64, Vec<u8>)>,
     removed: Vec<u64>,
     accounts: Vec<(Box<str>, Vec<u8>)>,
     timeline: Option<Vec<u8>>,
@@ -66,6 +70,13 @@ impl Prepared {
                 profiles.push((*id, encode(postcard::to_allocvec(p)?)));
             }
         }
+        let mut last_events = Vec::with_capacity(changes.touched.len());
+        for id in &changes.touched {
+            if let Some(p) = graph.profile(*id) {
+                let last = p.metadata.last_event();
+                last_events.push((*id, encode(postcard::to_allocvec(&last)?)));
+            }
+        }
         let mut accounts = Vec::with_capacity(changes.accounts.len());
         for group_id in &changes.accounts {
             if let Some(a) = graph.account(group_id) {
@@ -78,11 +89,13 @@ impl Prepared {
             Some(encode(postcard::to_allocvec(&changes.timeline)?))
         };
         let records = profiles.len()
+            + last_events.len()
             + changes.removed_profiles.len()
             + accounts.len()
             + usize::from(timeline.is_some());
         Ok(Prepared {
             profiles,
+            last_events,
             removed: changes.removed_profiles.clone(),
             accounts,
             timeline,
@@ -138,6 +151,7 @@ impl Store {
         };
         let store = Store {
             profiles: open("profiles")?,
+            last_events: open("last_events")?,
             timeline: open("timeline")?,
             accounts: open("accounts")?,
             meta: open("meta")?,
@@ -166,6 +180,14 @@ impl Store {
             let v = item.value()?;
             let p = postcard::from_bytes::<Profile>(&v).context("decoding a profile")?;
             profiles.insert(p.id, p);
+        }
+        for item in self.last_events.iter() {
+            let (key, v) = item.into_inner()?;
+            let id = u64_value(&key)?;
+            let last = postcard::from_bytes::<LastEvent>(&v).context("decoding a last event")?;
+            if let Some(p) = profiles.get_mut(&id) {
+                p.metadata.restore_last_event(last);
+            }
         }
         let mut ops = Vec::new();
         for item in self.timeline.iter() {
@@ -211,8 +233,12 @@ impl Store {
         for (id, v) in &p.profiles {
             batch.insert(&self.profiles, id.to_be_bytes(), v.as_slice());
         }
+        for (id, v) in &p.last_events {
+            batch.insert(&self.last_events, id.to_be_bytes(), v.as_slice());
+        }
         for id in &p.removed {
             batch.remove(&self.profiles, id.to_be_bytes());
+            batch.remove(&self.last_events, id.to_be_bytes());
         }
         for (group_id, v) in &p.accounts {
             batch.insert(&self.accounts, group_id.as_bytes(), v.as_slice());
@@ -284,5 +310,69 @@ impl Store {
     /// Bytes on disk (for metrics and the benchmark).
     pub fn disk_bytes(&self) -> u64 {
         self.db.disk_space().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use junction_core::identity::{Batch, EventMeta};
+
+    use super::*;
+
+    /// Applies `events` (JSON) at offsets `from..` and returns the next offset.
+    fn apply(graph: &mut Graph, from: u64, events: &[&str]) -> u64 {
+        let source: Arc<str> = Arc::from("web");
+        let mut batch = Batch::default();
+        for (i, json) in events.iter().enumerate() {
+            let offset = from + i as u64;
+            let message_id = format!("m{offset}");
+            let meta = EventMeta {
+                offset,
+                received_at_ms: 1_000 + offset as i64,
+                source: &source,
+                message_id: &message_id,
+            };
+            batch.push(&meta, json.as_bytes(), graph.rules()).unwrap();
+        }
+        graph.apply_batch(&batch, 0..batch.len()).unwrap()
+    }
+
+    #[test]
+    fn a_commit_of_touched_profiles_writes_their_last_event_and_loads_back_equal() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        let mut graph = Graph::new(Rules::default());
+        let ev = |anon: &str, second: u32| {
+            format!(
+                r#"{{"type":"track","event":"E","anonymousId":"{anon}","timestamp":"2024-05-01T00:00:{second:02}.000Z"}}"#
+            )
+        };
+        let first: Vec<String> = (0..4).map(|i| ev(&format!("a{i}"), i)).collect();
+        let first: Vec<&str> = first.iter().map(String::as_str).collect();
+        let next = apply(&mut graph, 0, &first);
+        let changes = graph.take_changes();
+        assert_eq!((changes.profiles.len(), changes.touched.len()), (4, 0));
+        store.commit(&graph, &changes, next).unwrap();
+
+        // Only last events change: the commit writes no profile record.
+        let more = [ev("a1", 10), ev("a2", 11), ev("a1", 12)];
+        let more: Vec<&str> = more.iter().map(String::as_str).collect();
+        let next = apply(&mut graph, next, &more);
+        let changes = graph.take_changes();
+        assert_eq!((changes.profiles.len(), changes.touched.len()), (0, 2));
+        let written = store.commit(&graph, &changes, next).unwrap();
+        assert_eq!(written.records, 3, "two last events and the timeline entry");
+        drop(store);
+
+        let (loaded, checkpoint) = Store::open(tmp.path())
+            .unwrap()
+            .load(Rules::default())
+            .unwrap();
+        assert_eq!(checkpoint, next);
+        assert_eq!(loaded.canonical(), graph.canonical());
+        let p = loaded.lookup("anonymous_id", "a1").unwrap();
+        assert_eq!((&*p.metadata.last_message_id, p.events.len()), ("m6", 3));
     }
 }

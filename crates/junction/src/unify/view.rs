@@ -420,14 +420,10 @@ pub fn iso(ms: i64) -> String {
 /// `traits`: `{traits:{k:v}, cursor}`; verbose values are `{value, source_id, updated_at}`.
 /// No computed traits or audiences exist yet, so a `class` filter matches nothing.
 pub fn traits(traits: &Traits, q: &TraitsQuery, url: &str) -> Value {
-    let from = match &q.next {
-        Some(next) => Bound::Included(next.as_str()),
-        None => Bound::Unbounded,
-    };
     let mut page = traits
-        .range::<str, _>((from, Bound::Unbounded))
+        .iter_from(q.next.as_deref().unwrap_or_default())
         .filter(|_| q.class.is_none())
-        .filter(|(k, _)| q.include.as_ref().is_none_or(|inc| inc.contains(&***k)))
+        .filter(|(k, _)| q.include.as_ref().is_none_or(|inc| inc.contains(*k)))
         .take(q.limit + 1);
     let mut out = Map::new();
     for (k, v) in page.by_ref().take(q.limit) {
@@ -510,7 +506,7 @@ pub fn profile_external_ids(p: &Profile, q: &ExternalIdsQuery, url: &str) -> Val
 pub fn account_id(a: &Account) -> ExternalId {
     ExternalId {
         kind: ACCOUNT_ID_TYPE.into(),
-        value: a.group_id.clone(),
+        value: (&*a.group_id).into(),
         created_ms: a
             .events
             .first()
@@ -809,10 +805,9 @@ pub fn merges(p: &Profile) -> Value {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
     use std::sync::Arc;
 
-    use junction_core::identity::{EventMeta, TraitValue};
+    use junction_core::identity::{Batch, EventMeta, TraitValue};
 
     use super::*;
 
@@ -848,30 +843,32 @@ mod tests {
             kind: kind.into(),
             value: value.into(),
             created_ms: ms,
-            first_message_id: format!("m-{value}").into(),
+            first_message_id: format!("m-{value}").as_str().into(),
             source: "web".into(),
         }
     }
 
-    fn meta(offset: u64, ms: i64, msg: &str) -> EventMeta {
+    static WEB: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("web"));
+
+    fn meta(offset: u64, ms: i64, msg: &str) -> EventMeta<'_> {
         EventMeta {
             offset,
             received_at_ms: ms,
-            source: "web".into(),
-            message_id: msg.into(),
+            source: &WEB,
+            message_id: msg,
         }
     }
 
     fn profile() -> Profile {
-        let mut traits = BTreeMap::new();
-        for (k, v) in [
+        let traits = [
             ("a", "1"),
             ("b", "\"two\""),
             ("c", "{\"x\":[1]}"),
             ("d", "null"),
-        ] {
-            traits.insert(k.into(), tv(v, 1_000));
-        }
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.into(), tv(v, 1_000)))
+        .collect();
         Profile {
             id: 3,
             identifiers: vec![
@@ -1103,13 +1100,7 @@ mod tests {
     fn links_both_ways_with_cursor() {
         let rules = Rules::default();
         let mut graph = Graph::new(rules.clone());
-        let ev = |offset, json: &str| {
-            let obs = observe(json.as_bytes(), &rules).unwrap();
-            (
-                meta(offset, 1_000 + offset as i64, &format!("m{offset}")),
-                obs,
-            )
-        };
+        let mut batch = Batch::default();
         for (i, json) in [
             r#"{"type":"identify","userId":"u1","anonymousId":"a1","timestamp":"2024-01-01T00:00:00Z"}"#,
             r#"{"type":"group","userId":"u1","groupId":"g1","timestamp":"2024-01-01T00:00:01Z","traits":{"name":"Acme"}}"#,
@@ -1119,8 +1110,14 @@ mod tests {
         .into_iter()
         .enumerate()
         {
-            let (m, o) = ev(i as u64, json);
-            graph.apply(&m, o);
+            let offset = i as u64;
+            let message_id = format!("m{offset}");
+            let m = meta(offset, 1_000 + offset as i64, &message_id);
+            batch.push(&m, json.as_bytes(), &rules).unwrap();
+        }
+        for row in 0..batch.len() {
+            let (m, o) = batch.get(row);
+            graph.apply(&m, &o.unwrap());
         }
         let p = graph.lookup("user_id", "u1").unwrap();
         let Query::Links(q) = query(Resource::Links, "limit=1") else {
