@@ -25,10 +25,11 @@
 //! - [`observe`] reads one event into the owned [`Observed`] (tests, the Profile API).
 
 use std::borrow::Cow;
-use std::hash::Hasher as _;
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher as _, Hasher as _};
 use std::sync::Arc;
 
-use rustc_hash::{FxHashMap, FxHasher};
+use rustc_hash::FxHashMap;
 
 use super::profile::EventMeta;
 use super::project::{self, tag};
@@ -40,12 +41,32 @@ use crate::timestamp;
 /// Identify calls with this many traits or more are not applied to traits (Segment's limit).
 pub const MAX_TRAITS_PER_EVENT: usize = 300;
 
-/// The hash of identifier `kind:value` used by the graph's owners table.
-pub fn id_hash(kind: Kind, value: &str) -> u64 {
-    let mut h = FxHasher::default();
-    h.write_u32(kind.index());
-    h.write(value.as_bytes());
-    h.finish()
+/// A 128-bit fingerprint of an identifier `kind:value`: two SipHash values under keys drawn
+/// at random for this process. The graph's owners table knows identifiers by it alone, so a
+/// lookup touches one small slot and compares no text. Two different identifiers have equal
+/// fingerprints with probability 2^-128 (the keys are secret and fresh in every process:
+/// no input can be crafted to collide, and nothing persists a fingerprint).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct IdHash([u64; 2]);
+
+impl IdHash {
+    /// 64 of its bits, for a hash table.
+    pub fn short(self) -> u64 {
+        self.0[0]
+    }
+}
+
+static ID_HASH_KEYS: std::sync::LazyLock<[RandomState; 2]> =
+    std::sync::LazyLock::new(|| [RandomState::new(), RandomState::new()]);
+
+/// The [`IdHash`] of identifier `kind:value`.
+pub fn id_hash(kind: Kind, value: &str) -> IdHash {
+    IdHash(ID_HASH_KEYS.each_ref().map(|keys| {
+        let mut h = keys.build_hasher();
+        h.write_u32(kind.index());
+        h.write(value.as_bytes());
+        h.finish()
+    }))
 }
 
 /// An identifier candidate: `(type, value)`.
@@ -118,7 +139,7 @@ struct Id {
     kind: Kind,
     rank: u32,
     value: Span,
-    hash: u64,
+    hash: IdHash,
     blocked: bool,
 }
 
@@ -169,7 +190,7 @@ pub struct IdRef<'a> {
     /// The type's priority, `u32::MAX` when it has none (see [`Rules::rank`]).
     pub rank: u32,
     /// [`id_hash`] of the identifier.
-    pub hash: u64,
+    pub hash: IdHash,
     pub blocked: bool,
 }
 

@@ -20,9 +20,9 @@
 //!
 //! Cost: [`Graph::apply`] is one event of a log replay, so it allocates only what it stores
 //! (scratch buffers are kept; the event's strings are borrowed from its [`Batch`]) and
-//! touches few cache lines: one owners lookup per identifier, by the hash the batch
-//! computed (short values are stored in the table, not behind a pointer), and one profile,
-//! found by id without hashing.
+//! touches few cache lines: one owners lookup per identifier, a 24-byte slot found by the
+//! 128-bit fingerprint the batch computed ([`IdHash`]: the owners table holds no text, the
+//! profiles do), and one profile, found by id without hashing.
 //!
 //! [`Batch`]: super::Batch
 
@@ -33,7 +33,7 @@ use std::sync::Arc;
 use hashbrown::HashTable;
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
-use super::extract::{Batch, IdKey, IdRef, ObservedRef, id_hash};
+use super::extract::{Batch, IdHash, IdKey, IdRef, ObservedRef, id_hash};
 use super::inline::InlineStr;
 use super::profile::{
     Account, EventMeta, EventRef, ExternalId, IdValue, MergeRecord, MessageId, Metadata, Profile,
@@ -104,8 +104,8 @@ pub fn replay_timeline(
 #[derive(Clone, Debug)]
 pub struct Graph {
     rules: Rules,
-    /// Who owns each identifier, hashed with [`id_hash`].
-    owners: HashTable<(OwnerKey, ProfileId)>,
+    /// Who owns each identifier, known by its [`IdHash`] (the text is in the profile).
+    owners: HashTable<(IdHash, ProfileId)>,
     profiles: ProfileTable,
     accounts: HashMap<Box<str>, Account>,
     next_id: ProfileId,
@@ -184,28 +184,40 @@ impl std::ops::Index<&ProfileId> for ProfileTable {
     }
 }
 
-/// An identifier as the owners table keeps it: the value inline when short (most are), so
-/// a lookup compares it without another memory access.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct OwnerKey {
+/// An identifier value being applied: a UUID fits inline.
+type KeyStr = InlineStr<46>;
+
+/// One usable identifier of the event being applied.
+#[derive(Clone, Debug)]
+struct Candidate {
     kind: Kind,
     value: KeyStr,
+    hash: IdHash,
+    /// The type's priority, `u32::MAX` when it has none.
+    rank: u32,
+    /// The profile owning it before the event.
+    owner: Option<ProfileId>,
 }
 
-impl OwnerKey {
-    fn new(kind: Kind, value: &str) -> OwnerKey {
-        OwnerKey {
-            kind,
-            value: KeyStr::new(value),
+impl Candidate {
+    fn new(id: &IdRef<'_>, owner: Option<ProfileId>) -> Candidate {
+        Candidate {
+            kind: id.kind,
+            value: KeyStr::new(id.value),
+            hash: id.hash,
+            rank: id.rank,
+            owner,
         }
+    }
+
+    /// Matching order: `(rules.rank(kind), value)` (strings order as their bytes).
+    fn sort_key(&self) -> ((u32, &str), &[u8]) {
+        let priority = (self.rank != u32::MAX).then_some(self.rank);
+        (rank(priority, self.kind.name()), self.value.as_bytes())
     }
 
     fn is(&self, kind: Kind, value: &str) -> bool {
         self.kind == kind && self.value.as_bytes() == value.as_bytes()
-    }
-
-    fn hash(&self) -> u64 {
-        id_hash(self.kind, self.value.as_str())
     }
 
     fn to_id_key(&self) -> IdKey {
@@ -216,44 +228,6 @@ impl OwnerKey {
     }
 }
 
-// The capacity of `KeyStr` is what keeps a table slot (key and owner) to one 64-byte cache
-// line.
-const _: () = assert!(std::mem::size_of::<(OwnerKey, ProfileId)>() == 64);
-
-/// An identifier value in the owners table: a UUID fits inline.
-type KeyStr = InlineStr<46>;
-
-/// One usable identifier of the event being applied.
-#[derive(Clone, Debug)]
-struct Candidate {
-    key: OwnerKey,
-    hash: u64,
-    /// The type's priority, `u32::MAX` when it has none.
-    rank: u32,
-    /// The profile owning it before the event.
-    owner: Option<ProfileId>,
-}
-
-impl Candidate {
-    fn new(id: &IdRef<'_>, owner: Option<ProfileId>) -> Candidate {
-        Candidate {
-            key: OwnerKey::new(id.kind, id.value),
-            hash: id.hash,
-            rank: id.rank,
-            owner,
-        }
-    }
-
-    /// Matching order: `(rules.rank(kind), value)` (strings order as their bytes).
-    fn sort_key(&self) -> ((u32, &str), &[u8]) {
-        let priority = (self.rank != u32::MAX).then_some(self.rank);
-        (
-            rank(priority, self.key.kind.name()),
-            self.key.value.as_bytes(),
-        )
-    }
-}
-
 /// Owners looked up ahead of applying a run of events ([`Graph::apply_batch`]).
 #[derive(Clone, Debug, Default)]
 struct Ahead {
@@ -261,8 +235,8 @@ struct Ahead {
     owners: Vec<Option<ProfileId>>,
     /// First entry of `owners` not claimed yet.
     next: usize,
-    /// Hashes of identifiers that got their first owner during the run (their `None`
-    /// is stale).
+    /// [`IdHash::short`] of identifiers that got their first owner during the run (their
+    /// `None` is stale).
     inserted: HashSet<u64>,
     /// Inside [`Graph::apply_batch`].
     active: bool,
@@ -346,9 +320,9 @@ impl Graph {
         g.next_id = next_id;
         for p in profiles {
             for id in &p.identifiers {
-                let key = OwnerKey::new(Kind::of(&id.kind), &id.value);
+                let hash = id_hash(Kind::of(&id.kind), &id.value);
                 g.owners
-                    .insert_unique(key.hash(), (key, p.id), |(k, _)| k.hash());
+                    .insert_unique(hash.short(), (hash, p.id), |(h, _)| h.short());
             }
             g.next_id = g.next_id.max(p.id + 1);
             g.profiles.insert(Box::new(p));
@@ -393,27 +367,26 @@ impl Graph {
 
     /// The profile owning `kind:value`.
     pub fn lookup(&self, kind: &str, value: &str) -> Option<&Profile> {
-        let kind = Kind::find(kind)?;
-        let id = self.owner(kind, value, id_hash(kind, value))?;
+        let id = self.owner(id_hash(Kind::find(kind)?, value))?;
         self.profiles.get(&id)
     }
 
-    /// The owner of identifier `kind:value` whose [`id_hash`] is `hash`.
-    fn owner(&self, kind: Kind, value: &str, hash: u64) -> Option<ProfileId> {
+    /// The owner of the identifier whose [`id_hash`] is `hash`.
+    fn owner(&self, hash: IdHash) -> Option<ProfileId> {
         self.owners
-            .find(hash, |(k, _)| k.is(kind, value))
+            .find(hash.short(), |(h, _)| *h == hash)
             .map(|(_, p)| *p)
     }
 
-    /// Makes `id` the owner of `key`.
-    fn set_owner(&mut self, key: OwnerKey, hash: u64, id: ProfileId) {
+    /// Makes `id` the owner of the identifier whose [`id_hash`] is `hash`.
+    fn set_owner(&mut self, hash: IdHash, id: ProfileId) {
         match self
             .owners
-            .entry(hash, |(k, _)| *k == key, |(k, _)| k.hash())
+            .entry(hash.short(), |(h, _)| *h == hash, |(h, _)| h.short())
         {
             hashbrown::hash_table::Entry::Occupied(mut e) => e.get_mut().1 = id,
             hashbrown::hash_table::Entry::Vacant(e) => {
-                e.insert((key, id));
+                e.insert((hash, id));
             }
         }
     }
@@ -427,8 +400,17 @@ impl Graph {
         self.accounts.values()
     }
 
+    /// Every identifier and its owner.
     pub fn owners(&self) -> impl Iterator<Item = (IdKey, ProfileId)> {
-        self.owners.iter().map(|(k, v)| (k.to_id_key(), *v))
+        self.profiles.values().flat_map(|p| {
+            p.identifiers.iter().map(|i| {
+                let key = IdKey {
+                    kind: Arc::clone(&i.kind),
+                    value: i.value.as_str().into(),
+                };
+                (key, p.id)
+            })
+        })
     }
 
     /// Changed keys since the last call.
@@ -518,7 +500,7 @@ impl Graph {
             for id in o.identifiers() {
                 let owner = match id.blocked {
                     true => None,
-                    false => self.owner(id.kind, id.value, id.hash),
+                    false => self.owner(id.hash),
                 };
                 if let Some(p) = owner.and_then(|p| self.profiles.get(&p)) {
                     // The profile's first cache line (see `Profile`).
@@ -576,13 +558,13 @@ impl Graph {
                 applied.blocked += 1;
                 continue;
             }
-            if ids.iter().any(|c| c.key.is(id.kind, id.value)) {
+            if ids.iter().any(|c| c.is(id.kind, id.value)) {
                 continue;
             }
             let owner = match looked_up.as_ref().map(|r| self.ahead.owners[r.start + i]) {
                 Some(Some(p)) if self.profiles.contains_key(&p) => Some(p),
-                Some(None) if !self.ahead.inserted.contains(&id.hash) => None,
-                _ => self.owner(id.kind, id.value, id.hash),
+                Some(None) if !self.ahead.inserted.contains(&id.hash.short()) => None,
+                _ => self.owner(id.hash),
             };
             ids.push(Candidate::new(&id, owner));
         }
@@ -594,11 +576,11 @@ impl Graph {
             return;
         }
         let as_user = id_hash(Kind::USER_ID, prev);
-        let (kind, hash, owner) = match self.owner(Kind::USER_ID, prev, as_user) {
+        let (kind, hash, owner) = match self.owner(as_user) {
             Some(owner) => (Kind::USER_ID, as_user, Some(owner)),
             None => (Kind::ANONYMOUS_ID, id_hash(Kind::ANONYMOUS_ID, prev), None),
         };
-        if ids.iter().any(|c| c.key.is(kind, prev)) {
+        if ids.iter().any(|c| c.is(kind, prev)) {
             return;
         }
         let id = IdRef {
@@ -609,7 +591,7 @@ impl Graph {
             hash,
             blocked: false,
         };
-        let owner = owner.or_else(|| self.owner(kind, prev, hash));
+        let owner = owner.or_else(|| self.owner(hash));
         let candidate = Candidate::new(&id, owner);
         // After every identifier that sorts before it or equal (stable).
         let at = ids.partition_point(|c| c.sort_key() <= candidate.sort_key());
@@ -644,7 +626,7 @@ impl Graph {
             // Nothing new and nothing to merge cannot break a limit.
             if (any_new || matched.len() > 1) && self.over_limit(matched, ids, at_ms) {
                 let dropped = ids.pop().expect("not empty");
-                applied.dropped.push(dropped.key.to_id_key());
+                applied.dropped.push(dropped.to_id_key());
                 continue;
             }
             let Some(&(first, _)) = matched.first() else {
@@ -655,7 +637,7 @@ impl Graph {
             if matched.len() > 1 && !self.merge_allowed(matched) {
                 // Hard cap: no merge, nothing added; the event still resolves.
                 let new = ids.drain(..).filter(|c| c.owner.is_none());
-                applied.dropped.extend(new.map(|c| c.key.to_id_key()));
+                applied.dropped.extend(new.map(|c| c.to_id_key()));
                 return Some(first);
             }
             let survivor = if matched.len() > 1 {
@@ -682,11 +664,11 @@ impl Graph {
                 .count();
             let added = ids
                 .iter()
-                .filter(|c| c.owner.is_none() && c.key.kind == kind)
+                .filter(|c| c.owner.is_none() && c.kind == kind)
                 .count();
             existing + added > rule.limit as usize
         };
-        let mut new_kinds = ids.iter().filter(|c| c.owner.is_none()).map(|c| c.key.kind);
+        let mut new_kinds = ids.iter().filter(|c| c.owner.is_none()).map(|c| c.kind);
         if matched.len() <= 1 {
             // Only the new identifiers' types can grow (checking a type twice is harmless).
             return new_kinds.any(exceeds);
@@ -758,21 +740,21 @@ impl Graph {
         }
         for c in ids.drain(..).filter(|c| c.owner.is_none()) {
             if profile.identifiers.len() >= max {
-                applied.dropped.push(c.key.to_id_key());
+                applied.dropped.push(c.to_id_key());
                 continue;
             }
             profile.identifiers.push(ExternalId {
-                kind: Arc::clone(c.key.kind.name()),
-                value: IdValue::new(c.key.value.as_str()),
+                kind: Arc::clone(c.kind.name()),
+                value: IdValue::new(c.value.as_str()),
                 created_ms: at_ms,
                 first_message_id: MessageId::new(ev.message_id),
                 source: Arc::clone(ev.source),
             });
             if self.ahead.active {
-                self.ahead.inserted.insert(c.hash);
+                self.ahead.inserted.insert(c.hash.short());
             }
             self.owners
-                .insert_unique(c.hash, (c.key, id), |(k, _)| k.hash());
+                .insert_unique(c.hash.short(), (c.hash, id), |(h, _)| h.short());
         }
     }
 
@@ -789,17 +771,16 @@ impl Graph {
             .iter()
             .max_by_key(|(p, _)| (self.profiles[p].events.len(), std::cmp::Reverse(*p)))
             .expect("several matched");
-        let survivor_key = &ids[survivor_at].key;
+        let survivor_key = &ids[survivor_at];
         let mut profile = self.profiles.remove(&survivor).expect("exists");
         for &(loser_id, loser_at) in matched {
             if loser_id == survivor {
                 continue;
             }
-            let loser_key = &ids[loser_at].key;
+            let loser_key = &ids[loser_at];
             let loser = *self.profiles.remove(&loser_id).expect("exists");
             for i in &loser.identifiers {
-                let key = OwnerKey::new(Kind::of(&i.kind), &i.value);
-                self.set_owner(key.clone(), key.hash(), survivor);
+                self.set_owner(id_hash(Kind::of(&i.kind), &i.value), survivor);
             }
             for group_id in &loser.accounts {
                 if let Some(a) = self.accounts.get_mut(group_id) {
@@ -958,7 +939,7 @@ impl Graph {
             for i in &p.identifiers {
                 seen += 1;
                 let kind = Kind::of(&i.kind);
-                match self.owner(kind, &i.value, id_hash(kind, &i.value)) {
+                match self.owner(id_hash(kind, &i.value)) {
                     Some(owner) if owner == p.id => {}
                     other => {
                         let key = format!("{}:{}", i.kind, i.value);
