@@ -509,6 +509,12 @@ impl Graph {
                 ahead.owners.push(owner);
             }
         }
+        // Then the ends of their event lists, now that the profiles are in cache.
+        for p in ahead.owners.iter().flatten() {
+            if let Some(p) = self.profiles.get(p) {
+                read = read.wrapping_add(p.events.last().map_or(0, |e| e.offset));
+            }
+        }
         std::hint::black_box(read);
         ahead.active = true;
         self.ahead = ahead;
