@@ -25,8 +25,9 @@
 //! - [`observe`] reads one event into the owned [`Observed`] (tests, the Profile API).
 
 use std::borrow::Cow;
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher as _, Hasher as _};
+use std::hash::Hasher as _;
+
+use siphasher::sip128::{Hasher128 as _, SipHasher13};
 use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
@@ -41,11 +42,13 @@ use crate::timestamp;
 /// Identify calls with this many traits or more are not applied to traits (Segment's limit).
 pub const MAX_TRAITS_PER_EVENT: usize = 300;
 
-/// A 128-bit fingerprint of an identifier `kind:value`: two SipHash values under keys drawn
+/// A 128-bit fingerprint of an identifier `kind:value`: SipHash-1-3-128 under a key drawn
 /// at random for this process. The graph's owners table knows identifiers by it alone, so a
 /// lookup touches one small slot and compares no text. Two different identifiers have equal
-/// fingerprints with probability 2^-128 (the keys are secret and fresh in every process:
-/// no input can be crafted to collide, and nothing persists a fingerprint).
+/// fingerprints with probability 2^-128 (the key is secret and fresh in every process: no
+/// input can be crafted to collide, and nothing persists a fingerprint).
+///
+/// Two `u64`s rather than a `u128`, whose 16-byte alignment would pad a table slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct IdHash([u64; 2]);
 
@@ -56,17 +59,17 @@ impl IdHash {
     }
 }
 
-static ID_HASH_KEYS: std::sync::LazyLock<[RandomState; 2]> =
-    std::sync::LazyLock::new(|| [RandomState::new(), RandomState::new()]);
+static ID_HASH_KEY: std::sync::LazyLock<(u64, u64)> =
+    std::sync::LazyLock::new(|| uuid::Uuid::new_v4().as_u64_pair());
 
 /// The [`IdHash`] of identifier `kind:value`.
 pub fn id_hash(kind: Kind, value: &str) -> IdHash {
-    IdHash(ID_HASH_KEYS.each_ref().map(|keys| {
-        let mut h = keys.build_hasher();
-        h.write_u32(kind.index());
-        h.write(value.as_bytes());
-        h.finish()
-    }))
+    let (k0, k1) = *ID_HASH_KEY;
+    let mut h = SipHasher13::new_with_keys(k0, k1);
+    h.write_u32(kind.index());
+    h.write(value.as_bytes());
+    let h = h.finish128();
+    IdHash([h.h1, h.h2])
 }
 
 /// An identifier candidate: `(type, value)`.

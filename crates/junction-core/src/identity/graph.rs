@@ -187,6 +187,9 @@ impl std::ops::Index<&ProfileId> for ProfileTable {
 /// An identifier value being applied: a UUID fits inline.
 type KeyStr = InlineStr<46>;
 
+// An owners-table slot: a fingerprint and a profile id, nothing else.
+const _: () = assert!(std::mem::size_of::<(IdHash, ProfileId)>() == 24);
+
 /// One usable identifier of the event being applied.
 #[derive(Clone, Debug)]
 struct Candidate {
