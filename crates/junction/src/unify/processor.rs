@@ -14,6 +14,10 @@
 //!   unless a rule reads event properties, which only the full event holds.
 //! - A stored event that cannot be parsed is counted (`junction_unify_bad_events_total`)
 //!   and skipped: it cannot block the log.
+//! - In the server its threads run at a lower scheduling priority ([`NICE`]): when ingest
+//!   and the processor compete for a core, acknowledging events goes first and derived state
+//!   falls behind (`/ready`, `junction_unify_lag_events`), catching up as soon as the core has
+//!   time to spare.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -27,6 +31,16 @@ use tokio::sync::watch;
 use super::Unify;
 use super::store::{Committed, Prepared};
 use crate::log::{Log, LogError, LogReader};
+
+/// Scheduling priority (nice) of the server's processor threads (see the module docs).
+pub const NICE: i32 = 10;
+
+/// Lowers the calling thread's scheduling priority to [`NICE`] (best effort).
+fn yield_to_ingest() {
+    if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), NICE) {
+        tracing::warn!(error = %e, "cannot lower the unify processor's priority");
+    }
+}
 
 /// While behind the log, commits happen this many times less often.
 const CATCH_UP_COMMIT_FACTOR: u32 = 10;
@@ -150,6 +164,7 @@ fn spawn_committer(
     let thread = std::thread::Builder::new()
         .name("unify-commit".into())
         .spawn(move || {
+            yield_to_ingest();
             for (prepared, changes, started) in job_rx {
                 let written = unify.store.write(&prepared);
                 if done_tx
@@ -324,6 +339,7 @@ pub fn spawn(unify: Arc<Unify>, log: Log, commit_interval: Duration) -> Processo
     let thread = std::thread::Builder::new()
         .name("unify".into())
         .spawn(move || {
+            yield_to_ingest();
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_time()
                 .build()
