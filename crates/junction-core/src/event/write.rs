@@ -214,7 +214,7 @@ pub(crate) fn write_event(
             // integrations with nothing to merge falls through to the byte copy below.
             let wrote = w.member(m)?;
             written[m as usize] = wrote;
-            if wrote {
+            if wrote && Projection::reads(m.key()) {
                 projection.member(m.key(), w.value());
             }
             if wrote || !matches!(m, Member::Context | Member::Integrations) {
@@ -232,10 +232,12 @@ pub(crate) fn write_event(
                 w.buf.extend_from_slice(v.as_bytes());
             }
         }
-        projection.member(k.as_ref(), w.value());
+        if Projection::reads(k) {
+            projection.member(k, w.value());
+        }
     }
     for m in MEMBERS {
-        if !written[m as usize] && w.member(m)? {
+        if !written[m as usize] && w.member(m)? && Projection::reads(m.key()) {
             projection.member(m.key(), w.value());
         }
     }

@@ -80,6 +80,21 @@ impl Projection {
         Projection { buf }
     }
 
+    /// Whether [`Projection::member`] reads top-level member `key` (the others need not be
+    /// offered).
+    pub fn reads(key: &str) -> bool {
+        matches!(
+            key,
+            "userId"
+                | "anonymousId"
+                | "previousId"
+                | "groupId"
+                | "traits"
+                | "context"
+                | "integrations"
+        )
+    }
+
     /// Offers one top-level member: `key` unescaped, `raw` its JSON text.
     pub fn member(&mut self, key: &str, raw: &str) {
         let id = match key {
