@@ -201,8 +201,8 @@ enum Rendered {
     Events(Box<EventsWork>),
 }
 
-/// Renders one Profile API body. Reads stored events for `events` (blocking I/O: call it
-/// from the blocking pool in async code); everything else is in memory.
+/// Renders one Profile API body. Blocking (it waits for the graph's lock, and reads stored
+/// events for `events`): call it from the blocking pool in async code.
 pub fn render(unify: &Unify, req: &ProfileRequest) -> Result<Value, ApiError> {
     let rendered = {
         let graph = unify.graph();
@@ -335,14 +335,19 @@ async fn resource(
     let QueryString(pairs) = query.map_err(query_error)?;
     let req = ProfileRequest::parse(collection, &id, resource, &pairs, url(&uri))?;
     let unify = Arc::clone(&state.unify);
-    let body = if resource == Resource::Events {
-        tokio::task::spawn_blocking(move || render(&unify, &req))
-            .await
-            .map_err(|e| ApiError::new(500, "internal_error", e.to_string()).api())??
-    } else {
-        render(&unify, &req)?
-    };
-    Ok(Json(body))
+    Ok(Json(off_the_runtime(move || render(&unify, &req)).await?))
+}
+
+/// Runs `f` on the blocking pool. Everything that reads the graph goes there, not only what
+/// reads the log: the processor holds the graph's write lock while it applies, at a lower
+/// priority than ingest, so an async worker waiting for that lock would hold up the ingest
+/// requests queued on it.
+async fn off_the_runtime<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::new(500, "internal_error", e.to_string()).api())?
 }
 
 async fn merges(
@@ -353,5 +358,8 @@ async fn merges(
     let token = state.require_scope(&headers, SCOPE)?;
     limit(&state, token)?;
     let Path(id) = path.map_err(path_error)?;
-    Ok(Json(render_merges(&state.unify, &id)?))
+    let unify = Arc::clone(&state.unify);
+    Ok(Json(
+        off_the_runtime(move || render_merges(&unify, &id)).await?,
+    ))
 }

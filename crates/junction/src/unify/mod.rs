@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use junction_core::identity::{EventRef, Graph, Rules};
+use junction_core::identity::{Counters, EventRef, Graph, Rules};
 
 use crate::log::{EventFetcher, LogError, Record};
 use crate::metrics::{self, Histogram};
@@ -42,6 +42,29 @@ pub struct Unify {
     read_errors: AtomicU64,
     paused: std::sync::atomic::AtomicBool,
     commit_seconds: Histogram,
+    /// The graph's sizes and counters as of the last applied slice, for `/metrics` (which
+    /// must not wait for the graph's lock, see `http::profiles`).
+    sizes: std::sync::Mutex<Sizes>,
+}
+
+/// What `/metrics` reports of the graph.
+#[derive(Clone, Copy, Debug, Default)]
+struct Sizes {
+    counters: Counters,
+    profiles: usize,
+    accounts: usize,
+    identifiers: usize,
+}
+
+impl Sizes {
+    fn of(graph: &Graph) -> Sizes {
+        Sizes {
+            counters: graph.counters(),
+            profiles: graph.profile_count(),
+            accounts: graph.account_count(),
+            identifiers: graph.identifier_count(),
+        }
+    }
 }
 
 impl Unify {
@@ -49,6 +72,7 @@ impl Unify {
     pub fn open(data_dir: &Path, log_dir: &Path, rules: Rules) -> anyhow::Result<Unify> {
         let store = Store::open(&data_dir.join("state"))?;
         let (graph, checkpoint) = store.load(rules)?;
+        let sizes = std::sync::Mutex::new(Sizes::of(&graph));
         Ok(Unify {
             graph: RwLock::new(graph),
             store,
@@ -62,6 +86,7 @@ impl Unify {
             read_errors: AtomicU64::new(0),
             paused: Default::default(),
             commit_seconds: Histogram::default(),
+            sizes,
         })
     }
 
@@ -72,6 +97,11 @@ impl Unify {
 
     fn graph_mut(&self) -> RwLockWriteGuard<'_, Graph> {
         self.graph.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records `graph`'s sizes for `/metrics` (the processor calls it after each slice).
+    fn publish_sizes(&self, graph: &Graph) {
+        *self.sizes.lock().unwrap_or_else(|e| e.into_inner()) = Sizes::of(graph);
     }
 
     /// The stored events behind `refs` (erased or expired ones are skipped), in that order.
@@ -117,15 +147,12 @@ impl Unify {
 
     /// Prometheus text for the processor.
     pub fn render_metrics(&self, out: &mut String) {
-        let (c, profiles, accounts, identifiers) = {
-            let g = self.graph();
-            (
-                g.counters(),
-                g.profile_count(),
-                g.account_count(),
-                g.identifier_count(),
-            )
-        };
+        let Sizes {
+            counters: c,
+            profiles,
+            accounts,
+            identifiers,
+        } = *self.sizes.lock().unwrap_or_else(|e| e.into_inner());
         let rows: [(&str, &str, &str, u64); 13] = [
             (
                 "junction_unify_read_errors_total",

@@ -33,7 +33,7 @@ use super::store::{Committed, Prepared};
 use crate::log::{Log, LogError, LogReader};
 
 /// Scheduling priority (nice) of the server's processor threads (see the module docs).
-pub const NICE: i32 = 10;
+pub const NICE: i32 = 19;
 
 /// Lowers the calling thread's scheduling priority to [`NICE`] (best effort).
 fn yield_to_ingest() {
@@ -91,7 +91,10 @@ fn fill(
 fn apply(unify: &Unify, batch: &Batch, mut next: u64) -> u64 {
     for start in (0..batch.len()).step_by(SLICE) {
         let rows = start..batch.len().min(start + SLICE);
-        next = unify.graph_mut().apply_batch(batch, rows).unwrap_or(next);
+        let mut graph = unify.graph_mut();
+        next = graph.apply_batch(batch, rows).unwrap_or(next);
+        unify.publish_sizes(&graph);
+        drop(graph);
         unify.applied.store(next, Ordering::Release);
     }
     next
