@@ -2,9 +2,10 @@
 //! (account) and time, kept column-wise in a reusable [`Batch`].
 //!
 //! Contract:
-//! - [`Batch::push`] reads one stored (normalized) event, or its identity projection, with
-//!   the member splitter (no DOM, no allocation per event once the batch's buffers have
-//!   grown), and appends a row: the event's log position and what it contributes. Where
+//! - [`Batch::push`] reads one stored (normalized) event with the member splitter, or its
+//!   identity projection (binary, see [`super::project`]; or JSON, from format-2 logs),
+//!   without a DOM and without allocating once the batch's buffers have grown, and appends
+//!   a row: the event's log position and what it contributes. Where
 //!   each identifier type comes from follows Segment (`reference/segment-compat.md` §6):
 //!   `userId`, `anonymousId`, `traits.email`/`context.traits.email` (also `phone`),
 //!   `context.device` ids by device type, `context.externalIds` of the `users` collection,
@@ -26,11 +27,10 @@
 
 use std::borrow::Cow;
 use std::hash::Hasher as _;
-
-use siphasher::sip128::{Hasher128 as _, SipHasher13};
 use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
+use siphasher::sip128::{Hasher128 as _, SipHasher13};
 
 use super::profile::EventMeta;
 use super::project::{self, tag};
@@ -203,15 +203,6 @@ impl IdRef<'_> {
             kind: Arc::clone(self.kind.name()),
             value: self.value.into(),
         }
-    }
-
-    /// Matching order.
-    pub fn sort_key(&self) -> ((u32, &str), &str) {
-        (rank(self.priority(), self.name), self.value)
-    }
-
-    fn priority(&self) -> Option<u32> {
-        (self.rank != u32::MAX).then_some(self.rank)
     }
 }
 
@@ -512,11 +503,6 @@ impl Batch {
 
     pub fn is_empty(&self) -> bool {
         self.rows.is_empty()
-    }
-
-    /// Bytes held (for bounding a batch's size).
-    pub fn text_len(&self) -> usize {
-        self.text.len()
     }
 
     /// Row `i`: the event's position, and what it contributes (`None`: unreadable).
