@@ -87,14 +87,14 @@ fn fill(
 }
 
 /// Applies `batch` to the shared graph, [`SLICE`] events per write-lock hold, publishing
-/// the progress after each; returns the next offset to apply.
+/// the progress (offset, sizes) before each release of the lock, so whoever sees the state
+/// sees its progress; returns the next offset to apply.
 fn apply(unify: &Unify, batch: &Batch, mut next: u64) -> u64 {
     for start in (0..batch.len()).step_by(SLICE) {
         let rows = start..batch.len().min(start + SLICE);
         let mut graph = unify.graph_mut();
         next = graph.apply_batch(batch, rows).unwrap_or(next);
         unify.publish_sizes(&graph);
-        drop(graph);
         unify.applied.store(next, Ordering::Release);
     }
     next
