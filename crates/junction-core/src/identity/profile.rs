@@ -226,11 +226,11 @@ impl Traits {
     /// `value` is built only when it is stored.
     fn set_with(
         &mut self,
-        key: &str,
+        key: impl AsRef<str> + Into<Box<str>>,
         (timestamp_ms, offset): (i64, u64),
-        store: impl FnOnce(Option<&mut TraitValue>) -> Option<(Box<str>, TraitValue)>,
+        store: impl FnOnce(Option<&mut TraitValue>) -> Option<TraitValue>,
     ) -> bool {
-        match self.find(key) {
+        match self.find(key.as_ref()) {
             Ok(i) => {
                 let old = &mut self.entries[i].1;
                 if (timestamp_ms, offset) <= (old.timestamp_ms, old.offset) {
@@ -239,11 +239,11 @@ impl Traits {
                 store(Some(old));
             }
             Err(i) => {
-                let entry = store(None).expect("a new key is stored");
+                let value = store(None).expect("a new key is stored");
                 if self.entries.capacity() == 0 {
                     self.entries.reserve_exact(1);
                 }
-                self.entries.insert(i, entry);
+                self.entries.insert(i, (key.into(), value));
             }
         }
         true
@@ -287,12 +287,12 @@ impl<'de> Deserialize<'de> for Traits {
 /// Sets `key` unless the stored value is newer.
 pub fn set_trait(traits: &mut Traits, key: Box<str>, value: TraitValue) -> bool {
     let at = (value.timestamp_ms, value.offset);
-    traits.set_with(&key.clone(), at, |old| match old {
+    traits.set_with(key, at, |old| match old {
         Some(old) => {
             *old = value;
             None
         }
-        None => Some((key, value)),
+        None => Some(value),
     })
 }
 
@@ -314,15 +314,12 @@ pub fn set_trait_text(
             }
             None
         }
-        None => {
-            let value = TraitValue {
-                json: json.into(),
-                timestamp_ms: at.0,
-                offset: at.1,
-                source: Arc::clone(source),
-            };
-            Some((key.into(), value))
-        }
+        None => Some(TraitValue {
+            json: json.into(),
+            timestamp_ms: at.0,
+            offset: at.1,
+            source: Arc::clone(source),
+        }),
     })
 }
 
