@@ -7,7 +7,8 @@
 //!   trait or an audience of that key when one is defined, else the profile's trait.
 //! - Inside an aggregate's value and `where` (event scope) any path reads the event
 //!   (`event`, `type`, `timestamp`, `properties.x`, `context.x`, `traits.x`, `userId`, ...);
-//!   aggregates and `audience` are not allowed there.
+//!   aggregates, `audience` and `now()` are not allowed there (whether an event matches must
+//!   not change with time: windows are `within`, which the incremental state slides).
 //! - Static types catch operations that can never be true or meaningful (comparing a number
 //!   with a string, `and` on a number, `sum` of a string literal); values read from events and
 //!   traits are dynamic and checked only at run time (see `program.rs`).
@@ -309,6 +310,14 @@ impl Checker<'_, '_> {
     ) -> Result<(Node, Ty), ExprError> {
         match name {
             "now" => {
+                if scope == Scope::Event {
+                    return Err(self.err(
+                        name_span,
+                        "`now()` cannot be used inside an aggregate: use `within = ...` (as in \
+                         `count(event = \"X\", within = 1h)`), which slides with the clock"
+                            .into(),
+                    ));
+                }
                 if let Some(a) = args.first() {
                     return Err(self.err(a.value.span, "`now()` takes no arguments".into()));
                 }
