@@ -44,6 +44,90 @@ pub struct FileConfig {
     pub identity: IdentitySection,
     #[serde(default)]
     pub profiles: ProfilesSection,
+    #[serde(default)]
+    pub computed_traits: Vec<ComputedTraitConfig>,
+    #[serde(default)]
+    pub audiences: Vec<AudienceConfig>,
+    #[serde(default)]
+    pub compute: ComputeSection,
+}
+
+/// `[[computed_traits]]`: a value computed per profile (`docs/expressions.md`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComputedTraitConfig {
+    pub key: String,
+    pub expr: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// `[[audiences]]`: the profiles for which `expr` is true.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AudienceConfig {
+    pub key: String,
+    /// Shown to people (`audience_name` of `Audience Entered`); defaults to the key.
+    pub name: Option<String>,
+    pub expr: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// `[compute]`: computed traits and audiences.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComputeSection {
+    /// How late a change caused by time alone (an event leaving a `within` window, `now()`)
+    /// may be seen, default 60 s.
+    pub time_lag_secs: Option<u64>,
+}
+
+/// The definitions of the config file, checked together.
+#[derive(Clone, Debug, Default)]
+pub struct Definitions {
+    pub computed_traits: Vec<ComputedTraitConfig>,
+    pub audiences: Vec<AudienceConfig>,
+    /// Computed traits first, then audiences, in file order.
+    pub catalog: std::sync::Arc<junction_core::compute::Catalog>,
+}
+
+impl Definitions {
+    /// Checks every definition (see `junction_core::compute::Catalog::compile`).
+    pub fn new(
+        computed_traits: Vec<ComputedTraitConfig>,
+        audiences: Vec<AudienceConfig>,
+    ) -> Result<Definitions, junction_core::compute::DefinitionError> {
+        use junction_core::compute::{Catalog, DefKind, DefinitionSpec};
+        let specs: Vec<DefinitionSpec> = computed_traits
+            .iter()
+            .map(|t| (DefKind::ComputedTrait, &t.key, &t.expr))
+            .chain(
+                audiences
+                    .iter()
+                    .map(|a| (DefKind::Audience, &a.key, &a.expr)),
+            )
+            .map(|(kind, key, expr)| DefinitionSpec {
+                kind,
+                key: key.clone(),
+                expr: expr.clone(),
+            })
+            .collect();
+        let catalog = Catalog::compile(&specs)?;
+        Ok(Definitions {
+            computed_traits,
+            audiences,
+            catalog: std::sync::Arc::new(catalog),
+        })
+    }
+
+    /// The display name of audience `key`.
+    pub fn audience_name(&self, key: &str) -> Option<&str> {
+        self.audiences
+            .iter()
+            .find(|a| a.key == key)
+            .map(|a| a.name.as_deref().unwrap_or(&a.key))
+    }
 }
 
 /// `[identity]`: Segment's identity-resolution settings; every key is optional.
@@ -190,6 +274,8 @@ pub struct Config {
     pub commit_interval: Duration,
     pub ready_max_lag_events: u64,
     pub profile_rate_limit: u32,
+    pub definitions: Definitions,
+    pub compute_time_lag: Duration,
 }
 
 /// Parses a config file's text; errors carry the key's name and line.
@@ -313,7 +399,16 @@ pub fn build(file: Option<FileConfig>, overrides: &Overrides) -> anyhow::Result<
         bail!("[profiles] rate_limit_per_sec must be at least 1");
     }
 
+    let definitions = Definitions::new(file.computed_traits, file.audiences)
+        .map_err(|e| anyhow::anyhow!("invalid config: {e}"))?;
+    let compute_time_lag = Duration::from_secs(file.compute.time_lag_secs.unwrap_or(60));
+    if compute_time_lag.is_zero() {
+        bail!("[compute] time_lag_secs must be at least 1");
+    }
+
     Ok(Config {
+        definitions,
+        compute_time_lag,
         workspace: file.workspace.unwrap_or_else(|| "default".to_string()),
         listen,
         data_dir,

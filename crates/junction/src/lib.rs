@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod clock;
+pub mod compute;
 pub mod config;
 pub mod dedup;
 pub mod fsutil;

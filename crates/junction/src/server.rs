@@ -10,6 +10,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::clock::{Clock, SystemClock};
+use crate::compute::{self, Compute};
 use crate::config::Config;
 use crate::http::{self, AppState, SharedState};
 use crate::ingest::{Ingestor, secs};
@@ -50,6 +51,16 @@ pub fn open_state(
         ingestor.log().clone(),
         config.commit_interval,
     );
+    let compute = Arc::new(Compute::new(
+        Arc::clone(&config.definitions.catalog),
+        clock.clone(),
+        config.compute_time_lag,
+    ));
+    let compute_worker = compute::spawn(
+        Arc::clone(&compute),
+        Arc::clone(&unify),
+        ingestor.log().dir().to_path_buf(),
+    );
     let sources: HashMap<String, String> = config
         .sources
         .iter()
@@ -65,6 +76,8 @@ pub fn open_state(
         profile_limiter: http::ratelimit::RateLimiter::new(config.profile_rate_limit),
         unify,
         processor,
+        compute,
+        compute_worker,
         config,
     }))
 }
@@ -112,6 +125,7 @@ pub async fn run(config: Config, options: Options) -> anyhow::Result<()> {
     tokio::task::block_in_place(|| {
         log.shutdown();
         state.processor.stop();
+        state.compute_worker.stop();
     });
     state
         .ingestor

@@ -243,6 +243,23 @@ impl Catalog {
         self.defs.is_empty()
     }
 
+    /// Whether some definition reads `now()` (its value can change at any time, not only
+    /// when an event leaves a window: the caller re-evaluates such profiles periodically).
+    pub fn reads_now(&self) -> bool {
+        fn has_now(node: &Node) -> bool {
+            match node {
+                Node::Now => true,
+                Node::List(items) => items.iter().any(has_now),
+                Node::Exists(n) | Node::Not(n) | Node::Neg(n) => has_now(n),
+                Node::Bin(_, l, r) => has_now(l) || has_now(r),
+                Node::Const(_) | Node::Field(_) | Node::Trait(_) | Node::Def(_) | Node::Agg(_) => {
+                    false
+                }
+            }
+        }
+        self.defs.iter().any(|d| has_now(&d.node))
+    }
+
     /// Whether definition `i`'s value can change with time alone (a `within` window or
     /// `now()`, directly or through a definition it reads).
     pub fn reads_clock(&self, i: usize) -> bool {

@@ -116,6 +116,9 @@ pub struct Graph {
     removed: HashSet<ProfileId>,
     dirty_accounts: HashSet<Box<str>>,
     timeline: Vec<TimelineOp>,
+    /// Timeline operations for a consumer of derived state (Compute), when switched on by
+    /// [`Graph::set_feed`]; independent of change tracking.
+    feed: Option<Vec<TimelineOp>>,
     /// Off for a one-shot replay (`rebuild`), which writes the whole graph at the end.
     track_changes: bool,
     counters: Counters,
@@ -296,6 +299,7 @@ impl Graph {
             removed: HashSet::default(),
             dirty_accounts: HashSet::default(),
             timeline: Vec::new(),
+            feed: None,
             track_changes: true,
             counters: Counters::default(),
             scratch: Scratch::default(),
@@ -310,6 +314,17 @@ impl Graph {
             track_changes: false,
             ..Graph::new(rules)
         }
+    }
+
+    /// Starts (or stops) recording timeline operations for [`Graph::take_feed`].
+    pub fn set_feed(&mut self, on: bool) {
+        self.feed = on.then(Vec::new);
+    }
+
+    /// The timeline operations applied since the last call, in application order (empty
+    /// unless [`Graph::set_feed`] switched the feed on).
+    pub fn take_feed(&mut self) -> Vec<TimelineOp> {
+        self.feed.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     /// Rebuilds a graph from persisted profiles and accounts (no changes pending).
@@ -803,6 +818,9 @@ impl Graph {
             profile.identifiers.extend(loser.identifiers);
             merge_traits(&mut profile.traits, loser.traits);
             profile.metadata.absorb(&loser.metadata);
+            if let Some(feed) = &mut self.feed {
+                feed.push(TimelineOp::Move(loser_id, survivor));
+            }
             if self.track_changes {
                 self.timeline.push(TimelineOp::Move(loser_id, survivor));
                 self.dirty.remove(&loser_id);
@@ -871,6 +889,9 @@ impl Graph {
         {
             profile.accounts.insert(group_id.into());
             changed = true;
+        }
+        if let Some(feed) = &mut self.feed {
+            feed.push(TimelineOp::Add(id, event));
         }
         if self.track_changes {
             self.timeline.push(TimelineOp::Add(id, event));

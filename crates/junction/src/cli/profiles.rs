@@ -165,6 +165,7 @@ enum Backend {
     },
     Local {
         unify: Box<Unify>,
+        compute: Box<crate::compute::Compute>,
         workspace: String,
         /// The log's lock, held so that no server starts while the state is written.
         _lock: File,
@@ -262,8 +263,17 @@ impl Backend {
             },
         )
         .with_context(|| format!("cannot read the profiles in {}", config.data_dir.display()))?;
+        bar.set_message("computing traits and audiences");
+        let compute = crate::compute::Compute::new(
+            std::sync::Arc::clone(&config.definitions.catalog),
+            std::sync::Arc::new(crate::clock::SystemClock),
+            config.compute_time_lag,
+        );
+        crate::compute::compute_offline(&compute, &unify, &config.data_dir.join("log"))
+            .with_context(|| format!("cannot compute traits in {}", config.data_dir.display()))?;
         bar.finish_and_clear();
         Ok(Backend::Local {
+            compute: Box::new(compute),
             unify: Box::new(unify),
             workspace: config.workspace,
             _lock: lock,
@@ -297,13 +307,13 @@ impl Backend {
         }
         match self {
             Backend::Remote { .. } => self.get_remote(&url),
-            Backend::Local { unify, .. } => {
+            Backend::Local { unify, compute, .. } => {
                 let pairs: Vec<(String, String)> = params
                     .iter()
                     .map(|(k, v)| (k.to_string(), v.clone()))
                     .collect();
                 let result = ProfileRequest::parse(collection, id, resource, &pairs, url)
-                    .and_then(|req| api::render(unify, &req));
+                    .and_then(|req| api::render(unify, compute, &req));
                 local_result(result)
             }
         }

@@ -36,7 +36,10 @@ pub async fn ready(State(state): State<SharedState>) -> Response {
             state.unify.lag(),
             state.config.ready_max_lag_events
         )),
-        Health::Ok => None,
+        Health::Ok => state.compute.not_ready(
+            state.ingestor.log().next_offset(),
+            state.config.ready_max_lag_events,
+        ),
     };
     match reason {
         None => Json(json!({"status": "ready"})).into_response(),
@@ -56,6 +59,9 @@ pub async fn metrics(State(state): State<SharedState>) -> Response {
     state.ingestor.log().render_metrics(&mut out);
     state.latency.render(&mut out);
     state.unify.render_metrics(&mut out);
+    state
+        .compute
+        .render_metrics(&mut out, state.ingestor.log().next_offset());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }
 

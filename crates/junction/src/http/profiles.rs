@@ -33,9 +33,11 @@ use serde_json::Value;
 
 use super::error::ApiError;
 use super::{AppState, SharedState, constant_time_eq};
+use crate::compute::Compute;
 use crate::config::Token;
 use crate::unify::Unify;
 use crate::unify::view::{self, Collection, Owner, ParamError, Query, Resource};
+use junction_core::compute::DefKind;
 
 /// Requests per second per token (Segment's Profile API allows 100 per space).
 /// The scope the Profile API requires (`admin` implies it).
@@ -201,9 +203,34 @@ enum Rendered {
     Events(Box<EventsWork>),
 }
 
+/// A profile's computed traits and audiences (`results` from [`Compute::results`]).
+fn computed_traits<'a>(
+    compute: &'a Compute,
+    results: Option<&(Vec<junction_core::compute::Value>, i64)>,
+) -> Vec<view::ComputedTrait<'a>> {
+    let Some((values, updated_ms)) = results else {
+        return Vec::new();
+    };
+    compute
+        .catalog()
+        .definitions()
+        .iter()
+        .zip(values)
+        .map(|(d, v)| view::ComputedTrait {
+            key: &d.key,
+            class: match d.kind {
+                DefKind::Audience => view::TraitClass::Audience,
+                DefKind::ComputedTrait => view::TraitClass::ComputedTrait,
+            },
+            value: v.to_json(),
+            updated_ms: *updated_ms,
+        })
+        .collect()
+}
+
 /// Renders one Profile API body. Blocking (it waits for the graph's lock, and reads stored
 /// events for `events`): call it from the blocking pool in async code.
-pub fn render(unify: &Unify, req: &ProfileRequest) -> Result<Value, ApiError> {
+pub fn render(unify: &Unify, compute: &Compute, req: &ProfileRequest) -> Result<Value, ApiError> {
     let rendered = {
         let graph = unify.graph();
         let url = req.url.as_str();
@@ -213,7 +240,11 @@ pub fn render(unify: &Unify, req: &ProfileRequest) -> Result<Value, ApiError> {
                     .lookup(&req.id_type, &req.id_value)
                     .ok_or_else(profile_not_found)?;
                 match &req.query {
-                    Query::Traits(q) => Rendered::Done(view::traits(&p.traits, q, url)),
+                    Query::Traits(q) => {
+                        let results = compute.results(p.id);
+                        let computed = computed_traits(compute, results.as_ref());
+                        Rendered::Done(view::traits(&p.traits, &computed, q, url))
+                    }
                     Query::ExternalIds(q) => Rendered::Done(view::profile_external_ids(p, q, url)),
                     Query::Metadata(_) => Rendered::Done(view::metadata(&p.metadata)),
                     Query::Links(q) => Rendered::Done(view::user_links(&graph, p, q, url)),
@@ -228,7 +259,7 @@ pub fn render(unify: &Unify, req: &ProfileRequest) -> Result<Value, ApiError> {
             Collection::Accounts => {
                 let a = graph.account(&req.id_value).ok_or_else(profile_not_found)?;
                 match &req.query {
-                    Query::Traits(q) => Rendered::Done(view::traits(&a.traits, q, url)),
+                    Query::Traits(q) => Rendered::Done(view::traits(&a.traits, &[], q, url)),
                     Query::ExternalIds(q) => Rendered::Done(view::account_external_ids(a, q, url)),
                     Query::Metadata(_) => Rendered::Done(view::metadata(&a.metadata)),
                     Query::Links(q) => {
@@ -335,7 +366,10 @@ async fn resource(
     let QueryString(pairs) = query.map_err(query_error)?;
     let req = ProfileRequest::parse(collection, &id, resource, &pairs, url(&uri))?;
     let unify = Arc::clone(&state.unify);
-    Ok(Json(off_the_runtime(move || render(&unify, &req)).await?))
+    let compute = Arc::clone(&state.compute);
+    Ok(Json(
+        off_the_runtime(move || render(&unify, &compute, &req)).await?,
+    ))
 }
 
 /// Runs `f` on the blocking pool. Everything that reads the graph goes there, not only what

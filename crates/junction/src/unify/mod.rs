@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use junction_core::identity::{Counters, EventRef, Graph, Rules};
+use junction_core::identity::{Counters, EventRef, Graph, ProfileId, Rules, TimelineOp};
 
 use crate::log::{EventFetcher, LogError, Record};
 use crate::metrics::{self, Histogram};
@@ -45,6 +45,22 @@ pub struct Unify {
     /// The graph's sizes and counters as of the last applied slice, for `/metrics` (which
     /// must not wait for the graph's lock, see `http::profiles`).
     sizes: std::sync::Mutex<Sizes>,
+    /// Where the processor sends the timeline operations of each applied slice, once a
+    /// consumer subscribed ([`Unify::subscribe_timeline`]).
+    feed: std::sync::Mutex<Option<std::sync::mpsc::Sender<FeedSlice>>>,
+}
+
+/// The timeline operations of one applied slice, and the next log offset to apply after it.
+pub type FeedSlice = (Vec<TimelineOp>, u64);
+
+/// What a timeline subscriber starts from: everything below `applied` is in `owners`, every
+/// later operation arrives on `ops`.
+pub struct TimelineSubscription {
+    pub ops: std::sync::mpsc::Receiver<FeedSlice>,
+    pub applied: u64,
+    /// For each log offset below `applied`: the profile that owns the event and its
+    /// timestamp (profile 0: no profile).
+    pub owners: Vec<(ProfileId, i64)>,
 }
 
 /// What `/metrics` reports of the graph.
@@ -87,7 +103,46 @@ impl Unify {
             paused: Default::default(),
             commit_seconds: Histogram::default(),
             sizes,
+            feed: Default::default(),
         })
+    }
+
+    /// Subscribes to the timeline: who owns each applied event now, and from then on every
+    /// `Add`/`Move` the processor applies, in order (taken under the graph's write lock, so
+    /// nothing falls between the two). One subscriber at a time; a new one replaces it.
+    pub fn subscribe_timeline(&self) -> TimelineSubscription {
+        let mut graph = self.graph_mut();
+        let applied = self.applied();
+        let mut owners = vec![(0, 0); applied as usize];
+        for p in graph.profiles() {
+            for e in &p.events {
+                if let Some(slot) = owners.get_mut(e.offset as usize) {
+                    *slot = (p.id, e.timestamp_ms);
+                }
+            }
+        }
+        let (tx, ops) = std::sync::mpsc::channel();
+        graph.set_feed(true);
+        *self.feed.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        TimelineSubscription {
+            ops,
+            applied,
+            owners,
+        }
+    }
+
+    /// Sends what `graph` recorded for the subscriber, with `next` (the processor calls it
+    /// with the write lock held, after each slice). A subscriber that went away switches the
+    /// feed off.
+    fn send_feed(&self, graph: &mut Graph, next: u64) {
+        let mut feed = self.feed.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(tx) = feed.as_ref() {
+            let ops = graph.take_feed();
+            if tx.send((ops, next)).is_err() {
+                *feed = None;
+                graph.set_feed(false);
+            }
+        }
     }
 
     /// The graph, for reading (held briefly: the processor waits for readers).

@@ -36,7 +36,7 @@ use crate::log::{Log, LogError, LogReader};
 pub const NICE: i32 = 19;
 
 /// Lowers the calling thread's scheduling priority to [`NICE`] (best effort).
-fn yield_to_ingest() {
+pub(crate) fn yield_to_ingest() {
     if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), NICE) {
         tracing::warn!(error = %e, "cannot lower the unify processor's priority");
     }
@@ -94,6 +94,7 @@ fn apply(unify: &Unify, batch: &Batch, mut next: u64) -> u64 {
         let rows = start..batch.len().min(start + SLICE);
         let mut graph = unify.graph_mut();
         next = graph.apply_batch(batch, rows).unwrap_or(next);
+        unify.send_feed(&mut graph, next);
         unify.publish_sizes(&graph);
         unify.applied.store(next, Ordering::Release);
     }

@@ -16,7 +16,7 @@
 //! - Order: traits by key; external ids by first-seen time (then type, value); events by
 //!   event timestamp then log offset (`sort=desc` by default); merges oldest first.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;
 
 use base64::Engine as _;
@@ -417,19 +417,47 @@ pub fn iso(ms: i64) -> String {
     timestamp::format(ms)
 }
 
+/// A computed trait's or audience's value for the traits resource.
+pub struct ComputedTrait<'a> {
+    pub key: &'a str,
+    pub class: TraitClass,
+    pub value: Value,
+    /// When the value last changed.
+    pub updated_ms: i64,
+}
+
+/// The source id of computed values (the derived-events source).
+pub const COMPUTED_SOURCE: &str = "junction";
+
 /// `traits`: `{traits:{k:v}, cursor}`; verbose values are `{value, source_id, updated_at}`.
-/// No computed traits or audiences exist yet, so a `class` filter matches nothing.
-pub fn traits(traits: &Traits, q: &TraitsQuery, url: &str) -> Value {
-    let mut page = traits
-        .iter_from(q.next.as_deref().unwrap_or_default())
-        .filter(|_| q.class.is_none())
+/// The profile's own traits and its computed traits and audiences, by key; with `class`
+/// only computed traits or audiences. A computed key hides an own trait of the same key.
+pub fn traits(
+    traits: &Traits,
+    computed: &[ComputedTrait<'_>],
+    q: &TraitsQuery,
+    url: &str,
+) -> Value {
+    let from = q.next.as_deref().unwrap_or_default();
+    let mut all: BTreeMap<&str, (Value, &str, i64)> = BTreeMap::new();
+    if q.class.is_none() {
+        for (k, v) in traits.iter_from(from) {
+            all.insert(k, (parse_json(&v.json), &v.source, v.timestamp_ms));
+        }
+    }
+    for c in computed {
+        if q.class.is_none_or(|class| class == c.class) && c.key >= from {
+            all.insert(c.key, (c.value.clone(), COMPUTED_SOURCE, c.updated_ms));
+        }
+    }
+    let mut page = all
+        .into_iter()
         .filter(|(k, _)| q.include.as_ref().is_none_or(|inc| inc.contains(*k)))
         .take(q.limit + 1);
     let mut out = Map::new();
-    for (k, v) in page.by_ref().take(q.limit) {
-        let value = parse_json(&v.json);
+    for (k, (value, source, at)) in page.by_ref().take(q.limit) {
         let value = if q.verbose {
-            json!({"value": value, "source_id": &*v.source, "updated_at": iso(v.timestamp_ms)})
+            json!({"value": value, "source_id": source, "updated_at": iso(at)})
         } else {
             value
         };
@@ -993,7 +1021,7 @@ mod tests {
         let Query::Traits(q) = query(Resource::Traits, "limit=2") else {
             panic!()
         };
-        let body = traits(&p.traits, &q, "/u?limit=2");
+        let body = traits(&p.traits, &[], &q, "/u?limit=2");
         assert_eq!(
             body,
             json!({"traits": {"a": 1, "b": "two"},
@@ -1002,14 +1030,14 @@ mod tests {
         let Query::Traits(q) = query(Resource::Traits, "limit=2&next=c") else {
             panic!()
         };
-        let body = traits(&p.traits, &q, "u");
+        let body = traits(&p.traits, &[], &q, "u");
         assert_eq!(body["traits"], json!({"c": {"x": [1]}, "d": null}));
         assert_eq!(body["cursor"]["has_more"], false);
         assert_eq!(body["cursor"]["next"], "");
         let Query::Traits(q) = query(Resource::Traits, "include=b,d,zz&verbose=true") else {
             panic!()
         };
-        let body = traits(&p.traits, &q, "u");
+        let body = traits(&p.traits, &[], &q, "u");
         assert_eq!(
             body["traits"],
             json!({"b": {"value": "two", "source_id": "web", "updated_at": "1970-01-01T00:00:01.000Z"},
@@ -1018,7 +1046,44 @@ mod tests {
         let Query::Traits(q) = query(Resource::Traits, "class=audience") else {
             panic!()
         };
-        assert_eq!(traits(&p.traits, &q, "u")["traits"], json!({}));
+        assert_eq!(traits(&p.traits, &[], &q, "u")["traits"], json!({}));
+        // Computed values join the own traits by key; a computed key hides an own one.
+        let computed = [
+            ComputedTrait {
+                key: "aud",
+                class: TraitClass::Audience,
+                value: json!(true),
+                updated_ms: 5_000,
+            },
+            ComputedTrait {
+                key: "b",
+                class: TraitClass::ComputedTrait,
+                value: json!(3),
+                updated_ms: 5_000,
+            },
+        ];
+        assert_eq!(
+            traits(&p.traits, &computed, &q, "u")["traits"],
+            json!({"aud": true})
+        );
+        let Query::Traits(q) = query(Resource::Traits, "class=computed_trait&verbose=true") else {
+            panic!()
+        };
+        assert_eq!(
+            traits(&p.traits, &computed, &q, "u")["traits"],
+            json!({"b": {"value": 3, "source_id": "junction", "updated_at": "1970-01-01T00:00:05.000Z"}})
+        );
+        let Query::Traits(q) = query(Resource::Traits, "limit=2") else {
+            panic!()
+        };
+        let body = traits(&p.traits, &computed, &q, "u");
+        assert_eq!(body["traits"], json!({"a": 1, "aud": true}));
+        assert_eq!(body["cursor"]["next"], "b");
+        let Query::Traits(q) = query(Resource::Traits, "limit=2&next=b") else {
+            panic!()
+        };
+        let body = traits(&p.traits, &computed, &q, "u");
+        assert_eq!(body["traits"], json!({"b": 3, "c": {"x": [1]}}));
     }
 
     #[test]

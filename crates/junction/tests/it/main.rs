@@ -6,6 +6,7 @@ mod backpressure;
 mod bad_input;
 mod browser;
 mod cli;
+mod compute;
 mod corpus;
 mod crash;
 mod hardening;

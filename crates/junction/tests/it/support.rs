@@ -79,11 +79,19 @@ impl TestApp {
     }
 
     pub fn with_clock(clock: Arc<dyn junction::clock::Clock>) -> Self {
+        Self::in_dir_with_clock(tempfile::tempdir().unwrap(), "", clock)
+    }
+
+    pub fn in_dir_with_clock(
+        dir: tempfile::TempDir,
+        extra: &str,
+        clock: Arc<dyn junction::clock::Clock>,
+    ) -> Self {
         let options = junction::server::Options {
             clock: Some(clock),
             ..Default::default()
         };
-        Self::build(tempfile::tempdir().unwrap(), "", options)
+        Self::build(dir, extra, options)
     }
 
     fn build(dir: tempfile::TempDir, extra: &str, options: junction::server::Options) -> Self {
@@ -103,6 +111,7 @@ impl TestApp {
     pub fn close(self) -> tempfile::TempDir {
         self.state.ingestor.log().shutdown();
         self.state.processor.stop();
+        self.state.compute_worker.stop();
         self.state
             .ingestor
             .dedup()

@@ -1,0 +1,219 @@
+//! Computed traits and audiences end to end: definitions from the config file, events in
+//! through the tracking API, values out through the Profile API and `/metrics`, under a
+//! fixed clock that the tests move.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use junction::clock::FixedClock;
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+const USERS: &str = "/v1/spaces/acme/collections/users/profiles";
+const DAY: i64 = 86_400_000;
+/// 2024-05-10T00:00:00Z.
+const T: i64 = 1_715_299_200_000;
+
+const DEFINITIONS: &str = r#"
+[compute]
+time_lag_secs = 1
+
+[[computed_traits]]
+key = "orders"
+expr = 'count(event = "Order Completed")'
+
+[[computed_traits]]
+key = "ltv"
+expr = 'sum(properties.revenue, event = "Order Completed")'
+
+[[audiences]]
+key = "buyers"
+name = "Buyers"
+expr = 'traits.ltv >= 100 and traits.plan == "pro"'
+
+[[audiences]]
+key = "recent_viewers"
+expr = '''count(event = "Viewed", within = 7d) >= 1'''
+"#;
+
+fn iso(ms: i64) -> String {
+    junction_core::timestamp::format(ms)
+}
+
+async fn send(app: &TestApp, events: Value) {
+    let (s, j) = app
+        .post("/v1/batch", json!({ "batch": events }).to_string())
+        .await;
+    assert_eq!(s, 200, "{j}");
+}
+
+/// Polls the traits of `id` with `query` until `want` holds (10 s at most).
+async fn traits_until(
+    app: &TestApp,
+    id: &str,
+    query: &str,
+    want: impl Fn(&Value) -> bool,
+) -> Value {
+    let path = format!("{USERS}/{id}/traits?{query}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (s, _, j) = app
+            .call(
+                axum::http::Request::get(&path)
+                    .header("authorization", basic(PROFILES_TOKEN))
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await;
+        if s == 200 && want(&j["traits"]) {
+            return j["traits"].clone();
+        }
+        assert!(Instant::now() < deadline, "{path}: {s} {j}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn metric(app: &TestApp, line_start: &str) -> String {
+    let (_, body) = app.get("/metrics").await;
+    let text = body.as_str().expect("prometheus text");
+    text.lines()
+        .find(|l| l.starts_with(line_start))
+        .unwrap_or_else(|| panic!("no `{line_start}` in /metrics:\n{text}"))
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traits_and_audiences_follow_events_merges_and_the_clock() {
+    let clock = Arc::new(FixedClock::new(T));
+    let app = TestApp::in_dir_with_clock(tempfile::tempdir().unwrap(), DEFINITIONS, clock.clone());
+    send(
+        &app,
+        json!([
+            {"type": "track", "anonymousId": "a1", "event": "Viewed", "timestamp": iso(T - DAY)},
+            {"type": "identify", "userId": "u1", "traits": {"plan": "pro"}, "timestamp": iso(T - 3 * DAY)},
+            {"type": "track", "userId": "u1", "event": "Order Completed", "properties": {"revenue": 60}, "timestamp": iso(T - 2 * DAY)},
+            {"type": "track", "userId": "u1", "event": "Order Completed", "properties": {"revenue": 50.5}, "timestamp": iso(T - 2 * DAY)},
+        ]),
+    )
+    .await;
+    let computed = traits_until(&app, "user_id:u1", "class=computed_trait", |t| {
+        t["orders"] == 2
+    })
+    .await;
+    assert_eq!(computed, json!({"orders": 2, "ltv": 110.5}));
+    let audiences = traits_until(&app, "user_id:u1", "class=audience", |t| {
+        t["buyers"] == true
+    })
+    .await;
+    assert_eq!(audiences, json!({"buyers": true, "recent_viewers": false}));
+    // Without a class: own traits, computed traits and audiences together.
+    let all = traits_until(&app, "user_id:u1", "", |t| t["orders"] == 2).await;
+    assert_eq!(
+        all,
+        json!({"buyers": true, "ltv": 110.5, "orders": 2, "plan": "pro", "recent_viewers": false})
+    );
+    let verbose = traits_until(&app, "user_id:u1", "class=audience&verbose=true", |_| true).await;
+    assert_eq!(verbose["buyers"]["source_id"], "junction");
+    traits_until(&app, "anonymous_id:a1", "class=audience", |t| {
+        *t == json!({"buyers": false, "recent_viewers": true})
+    })
+    .await;
+    assert_eq!(
+        metric(&app, "junction_audience_members{audience=\"buyers\"}").await,
+        "junction_audience_members{audience=\"buyers\"} 1"
+    );
+
+    // The identify joins a1 to u1: the merged profile has the view.
+    send(
+        &app,
+        json!([{"type": "identify", "userId": "u1", "anonymousId": "a1", "timestamp": iso(T)}]),
+    )
+    .await;
+    let merged = traits_until(&app, "anonymous_id:a1", "class=audience", |t| {
+        t["buyers"] == true
+    })
+    .await;
+    assert_eq!(merged, json!({"buyers": true, "recent_viewers": true}));
+    assert_eq!(
+        metric(
+            &app,
+            "junction_audience_members{audience=\"recent_viewers\"}"
+        )
+        .await,
+        "junction_audience_members{audience=\"recent_viewers\"} 1"
+    );
+
+    // The view turns 7 days old: the profile leaves without any new event.
+    clock.set(T + 6 * DAY - 1);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    traits_until(&app, "user_id:u1", "class=audience", |t| {
+        t["recent_viewers"] == true
+    })
+    .await;
+    clock.set(T + 6 * DAY);
+    let left = traits_until(&app, "user_id:u1", "class=audience", |t| {
+        t["recent_viewers"] == false
+    })
+    .await;
+    assert_eq!(left, json!({"buyers": true, "recent_viewers": false}));
+    assert_eq!(
+        metric(
+            &app,
+            "junction_audience_members{audience=\"recent_viewers\"}"
+        )
+        .await,
+        "junction_audience_members{audience=\"recent_viewers\"} 0"
+    );
+
+    // A restart recomputes everything from the log.
+    let dir = app.close();
+    let app = TestApp::in_dir_with_clock(dir, DEFINITIONS, clock.clone());
+    let again = traits_until(&app, "user_id:u1", "", |t| t["orders"] == 2).await;
+    assert_eq!(
+        again,
+        json!({"buyers": true, "ltv": 110.5, "orders": 2, "plan": "pro", "recent_viewers": false})
+    );
+    assert_eq!(
+        metric(&app, "junction_compute_ready").await,
+        "junction_compute_ready 1"
+    );
+}
+
+#[test]
+fn a_bad_definition_in_the_config_names_the_definition_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let extra = r#"
+[[audiences]]
+key = "vip"
+expr = 'count(event = "A") >= 1 and cuont(event = "B") > 0'
+"#;
+    let text = config_text(dir.path(), extra);
+    let file = junction::config::parse_file(&text, std::path::Path::new("t.toml")).unwrap();
+    let err = junction::config::build(Some(file), &Default::default()).unwrap_err();
+    assert_eq!(
+        format!("{err:#}"),
+        "invalid config: audience `vip`: column 29: unknown function `cuont` (known: count, sum, avg, min, max, first, last, most_frequent, unique, unique_count, first_seen, last_seen, audience, exists, now)"
+    );
+    let extra = r#"
+[[audiences]]
+key = "a"
+expr = 'audience("b")'
+
+[[audiences]]
+key = "b"
+expr = 'audience("a")'
+"#;
+    let file = junction::config::parse_file(
+        &config_text(dir.path(), extra),
+        std::path::Path::new("t.toml"),
+    )
+    .unwrap();
+    let err = junction::config::build(Some(file), &Default::default()).unwrap_err();
+    assert!(
+        format!("{err:#}").contains(
+            "audience `a`: column 10: definitions depend on each other in a cycle: `a` → `b` → `a`"
+        ),
+        "{err:#}"
+    );
+}
