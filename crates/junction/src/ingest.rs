@@ -253,6 +253,34 @@ impl Ingestor {
         Ok(result)
     }
 
+    /// Stores events Junction derives (each a whole event object with its `type`) under the
+    /// source [`DERIVED_SOURCE`], normalized like imported events. Returns how many were
+    /// stored; an event that does not normalize is a bug, logged and skipped.
+    pub async fn store_derived(
+        &self,
+        events: &[serde_json::Value],
+        limits: &junction_core::event::Limits,
+    ) -> Result<usize, IngestError> {
+        let now = self.now_ms();
+        let meta = junction_core::event::RequestMeta {
+            received_at_ms: now,
+            client_ip: None,
+            browser: false,
+        };
+        let mut normalized = Vec::with_capacity(events.len());
+        for e in events {
+            match junction_core::event::normalize_one(e.to_string().as_bytes(), &meta, limits) {
+                Ok(n) => normalized.push(n),
+                Err(r) => {
+                    tracing::error!(code = r.code, message = %r.message, "a derived event does not normalize")
+                }
+            }
+        }
+        let n = normalized.len();
+        self.store(DERIVED_SOURCE, normalized, now).await?;
+        Ok(n)
+    }
+
     fn publish<'a>(
         &self,
         source: &str,

@@ -40,7 +40,7 @@ pub fn open_state(
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<SharedState> {
     let clock = options.clock.unwrap_or_else(|| Arc::new(SystemClock));
-    let ingestor = Ingestor::open(&config, clock.clone())?;
+    let ingestor = Arc::new(Ingestor::open(&config, clock.clone())?);
     let unify = Arc::new(Unify::open(
         &config.data_dir,
         ingestor.log().dir(),
@@ -52,14 +52,15 @@ pub fn open_state(
         config.commit_interval,
     );
     let compute = Arc::new(Compute::new(
-        Arc::clone(&config.definitions.catalog),
+        &config.definitions,
         clock.clone(),
         config.compute_time_lag,
     ));
     let compute_worker = compute::spawn(
         Arc::clone(&compute),
         Arc::clone(&unify),
-        ingestor.log().dir().to_path_buf(),
+        Arc::clone(&ingestor),
+        config.limits.clone(),
     );
     let sources: HashMap<String, String> = config
         .sources

@@ -265,7 +265,7 @@ impl Backend {
         .with_context(|| format!("cannot read the profiles in {}", config.data_dir.display()))?;
         bar.set_message("computing traits and audiences");
         let compute = crate::compute::Compute::new(
-            std::sync::Arc::clone(&config.definitions.catalog),
+            &config.definitions,
             std::sync::Arc::new(crate::clock::SystemClock),
             config.compute_time_lag,
         );

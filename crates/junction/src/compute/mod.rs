@@ -11,23 +11,34 @@
 //!   earliest window event has aged out are pruned and re-evaluated; when a definition reads
 //!   `now()` every profile is re-evaluated every `time_lag`. `now` comes from the injected
 //!   [`Clock`].
-//! - The state is in memory and recomputed from the log at each start; nothing here writes
-//!   to disk.
+//! - Every change of a membership or a computed trait is written back into the log as a
+//!   derived event of the source `junction` (see `derived.rs`), after the profile's state
+//!   changed and outside every lock. What the log already holds is read back during the
+//!   history pass, so a restart (even after kill -9) writes only what is missing. A derived
+//!   event is never aggregated (it would feed on itself). A failed write is retried at the
+//!   next tick.
+//! - The state is in memory and recomputed from the log at each start (after Unify caught up
+//!   with the log as it was at start, so every derived event written before is read back).
 //! - Readers ([`Compute::results`], [`Compute::audiences`]) take a read lock held only while
 //!   copying.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use junction_core::compute::{Catalog, DefKind, Event, ProfileState, TraitSource, Value};
 use junction_core::identity::{EventRef, Profile, ProfileId, TimelineOp};
+
+pub mod derived;
+
+use derived::Emitted;
 use rustc_hash::FxHashMap as HashMap;
 
 use crate::clock::Clock;
+use crate::ingest::{DERIVED_SOURCE, Ingestor};
 use crate::log::LogReader;
 use crate::metrics;
 use crate::unify::{TimelineSubscription, Unify};
@@ -68,6 +79,17 @@ struct Entry {
     results: Vec<Value>,
     /// When the results last changed (clock ms).
     changed_ms: i64,
+    /// What the log holds for this profile (see `derived.rs`).
+    emitted: Emitted,
+}
+
+/// Derived events to write, in order: per profile, what `emitted` was before them, and the
+/// events.
+#[derive(Default)]
+struct Outbox {
+    profiles: Vec<(ProfileId, Emitted, Vec<serde_json::Value>)>,
+    /// Events in `profiles`: the position in the log (after the round's start) of the next.
+    events: u64,
 }
 
 #[derive(Default)]
@@ -77,11 +99,15 @@ struct Profiles {
     members: Vec<u64>,
     /// (when an event leaves a window, profile); stale items are skipped.
     expiries: BinaryHeap<Reverse<(i64, ProfileId)>>,
+    /// Profiles whose derived events could not be written: diffed again at the next tick.
+    retry: Vec<ProfileId>,
 }
 
 /// The shared handle (see the module docs).
 pub struct Compute {
     catalog: Arc<Catalog>,
+    /// Audience key → display name.
+    names: HashMap<String, String>,
     clock: Arc<dyn Clock>,
     time_lag: Duration,
     profiles: RwLock<Profiles>,
@@ -89,6 +115,11 @@ pub struct Compute {
     /// Next log offset whose events are reflected in the results.
     applied: AtomicU64,
     bad_events: AtomicU64,
+    derived_events: AtomicU64,
+    derived_errors: AtomicU64,
+    /// The log's end, where derived events written next will land (orders writes, see
+    /// `derived::absorb`).
+    log_end: AtomicU64,
 }
 
 /// A profile's traits as the language reads them.
@@ -107,7 +138,22 @@ impl TraitSource for ProfileTraits<'_> {
 }
 
 impl Compute {
-    pub fn new(catalog: Arc<Catalog>, clock: Arc<dyn Clock>, time_lag: Duration) -> Compute {
+    pub fn new(
+        definitions: &crate::config::Definitions,
+        clock: Arc<dyn Clock>,
+        time_lag: Duration,
+    ) -> Compute {
+        let catalog = Arc::clone(&definitions.catalog);
+        let names = definitions
+            .audiences
+            .iter()
+            .map(|a| {
+                (
+                    a.key.clone(),
+                    a.name.clone().unwrap_or_else(|| a.key.clone()),
+                )
+            })
+            .collect();
         let status = if catalog.is_empty() {
             Status::Ready
         } else {
@@ -116,6 +162,7 @@ impl Compute {
         let members = vec![0; catalog.definitions().len()];
         Compute {
             catalog,
+            names,
             clock,
             time_lag,
             profiles: RwLock::new(Profiles {
@@ -125,6 +172,9 @@ impl Compute {
             status: Mutex::new(status),
             applied: AtomicU64::new(0),
             bad_events: AtomicU64::new(0),
+            derived_events: AtomicU64::new(0),
+            derived_errors: AtomicU64::new(0),
+            log_end: AtomicU64::new(0),
         }
     }
 
@@ -175,16 +225,19 @@ impl Compute {
     }
 
     /// Computes over the history: `sub.owners` says who owns each event below
-    /// `sub.applied`; the events are read from the log in one pass.
+    /// `sub.applied`; the events are read from the log in one pass. Returns the derived
+    /// events the log is missing.
     fn backfill(
         &self,
         unify: &Unify,
         log_dir: &Path,
         sub: &TimelineSubscription,
-    ) -> anyhow::Result<()> {
+        emit: bool,
+    ) -> anyhow::Result<Outbox> {
         let total = sub.applied;
         let now = self.clock.now_ms();
-        let mut states: HashMap<ProfileId, ProfileState> = HashMap::default();
+        let fresh = || derived::nothing(self.catalog.definitions().len());
+        let mut states: HashMap<ProfileId, (ProfileState, Emitted)> = HashMap::default();
         let mut reader = LogReader::open(log_dir, 0)?;
         reader.set_end_offset(Some(total));
         let mut done = 0u64;
@@ -198,7 +251,16 @@ impl Compute {
                 if owner == 0 {
                     return;
                 }
-                self.observe(states.entry(owner).or_default(), r.offset, ts, r.json, now);
+                let (state, emitted) = states
+                    .entry(owner)
+                    .or_insert_with(|| (ProfileState::default(), fresh()));
+                if **r.source == *DERIVED_SOURCE {
+                    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(r.json) {
+                        derived::record(&self.catalog, emitted, &v, r.offset);
+                    }
+                } else {
+                    self.observe(state, r.offset, ts, r.json, now);
+                }
             })?;
             if last_progress.elapsed() >= Duration::from_millis(100) {
                 self.set_status(Status::Computing { done, total });
@@ -208,17 +270,26 @@ impl Compute {
                 break;
             }
         }
+        let mut outbox = Outbox::default();
         let graph = unify.graph();
         let mut profiles = self.write();
-        for (id, state) in states {
-            let traits = ProfileTraits(graph.profile(id));
-            Self::settle(&self.catalog, &mut profiles, id, state, &traits, now);
+        for (id, (state, emitted)) in states {
+            let out = emit.then_some(&mut outbox);
+            self.settle(
+                &mut profiles,
+                id,
+                state,
+                Some(emitted),
+                graph.profile(id),
+                now,
+                out,
+            );
         }
         drop(profiles);
         drop(graph);
         self.applied.store(total, Ordering::Release);
         self.set_status(Status::Ready);
-        Ok(())
+        Ok(outbox)
     }
 
     /// Adds one stored event to `state` (a bad one is counted and skipped).
@@ -239,40 +310,60 @@ impl Compute {
         }
     }
 
-    /// Stores `state` for `id`, evaluates it, and updates member counts and expiries.
+    /// Stores `state` for `id` (and `emitted`, else keeps what it had), evaluates it,
+    /// updates member counts and expiries, and (with an `outbox`) adds the derived events
+    /// the change calls for.
+    #[allow(clippy::too_many_arguments)]
     fn settle(
-        catalog: &Catalog,
+        &self,
         profiles: &mut Profiles,
         id: ProfileId,
         state: ProfileState,
-        traits: &dyn TraitSource,
+        emitted: Option<Emitted>,
+        profile: Option<&Profile>,
         now: i64,
+        outbox: Option<&mut Outbox>,
     ) {
-        let results = catalog.evaluate(&state, traits, now);
+        let catalog = &*self.catalog;
+        let results = catalog.evaluate(&state, &ProfileTraits(profile), now);
         if let Some(t) = catalog.next_expiry(&state) {
             profiles.expiries.push(Reverse((t, id)));
         }
-        let old = profiles.entries.insert(
-            id,
-            Entry {
-                state,
-                results: Vec::new(),
-                changed_ms: now,
-            },
-        );
-        let (old_results, old_changed) = match old {
-            Some(e) => (e.results, e.changed_ms),
-            None => (Vec::new(), now),
+        let (old_results, old_changed, old_emitted) = match profiles.entries.remove(&id) {
+            Some(e) => (e.results, e.changed_ms, e.emitted),
+            None => (
+                Vec::new(),
+                now,
+                derived::nothing(catalog.definitions().len()),
+            ),
         };
         Self::count_members(profiles, &old_results, -1);
         Self::count_members(profiles, &results, 1);
-        let entry = profiles.entries.get_mut(&id).expect("just inserted");
-        entry.changed_ms = if old_results == results {
+        let mut emitted = emitted.unwrap_or(old_emitted);
+        if let (Some(outbox), Some(p)) = (outbox, profile) {
+            let before = emitted.clone();
+            let names = |key: &str| self.names.get(key).cloned().unwrap_or_else(|| key.into());
+            let at = self.log_end.load(Ordering::Acquire) + outbox.events;
+            let events = derived::diff(catalog, &names, p, &results, &mut emitted, now, at);
+            if !events.is_empty() {
+                outbox.events += events.len() as u64;
+                outbox.profiles.push((id, before, events));
+            }
+        }
+        let changed_ms = if old_results == results {
             old_changed
         } else {
             now
         };
-        entry.results = results;
+        profiles.entries.insert(
+            id,
+            Entry {
+                state,
+                results,
+                changed_ms,
+                emitted,
+            },
+        );
     }
 
     fn count_members(profiles: &mut Profiles, results: &[Value], sign: i64) {
@@ -283,28 +374,19 @@ impl Compute {
         }
     }
 
-    /// Takes a profile's state out (for a change), or a fresh one.
-    fn take_state(profiles: &mut Profiles, id: ProfileId) -> ProfileState {
-        match profiles.entries.get_mut(&id) {
-            Some(e) => std::mem::take(&mut e.state),
-            None => ProfileState::default(),
-        }
-    }
-
-    /// Removes a profile (merged away), with its memberships.
-    fn remove(profiles: &mut Profiles, id: ProfileId) -> ProfileState {
-        match profiles.entries.remove(&id) {
-            Some(e) => {
-                Self::count_members(profiles, &e.results, -1);
-                e.state
-            }
-            None => ProfileState::default(),
-        }
+    /// Removes a profile (merged away) with its memberships; its state and what the log
+    /// holds for it.
+    fn remove(profiles: &mut Profiles, id: ProfileId) -> Option<(ProfileState, Emitted)> {
+        profiles.entries.remove(&id).map(|e| {
+            Self::count_members(profiles, &e.results, -1);
+            (e.state, e.emitted)
+        })
     }
 
     /// Applies timeline operations in order, then re-evaluates the profiles they touched;
-    /// `next` is the log offset the processor reached with them.
-    fn apply(&self, unify: &Unify, ops: &[TimelineOp], next: u64) -> anyhow::Result<()> {
+    /// `next` is the log offset the processor reached with them. Returns the derived events
+    /// to write.
+    fn apply(&self, unify: &Unify, ops: &[TimelineOp], next: u64) -> anyhow::Result<Outbox> {
         let refs: Vec<EventRef> = ops
             .iter()
             .filter_map(|op| match op {
@@ -314,53 +396,84 @@ impl Compute {
             .collect();
         let records = unify.events(&refs)?;
         let mut json: HashMap<u64, &[u8]> = HashMap::default();
-        for r in &records {
+        for r in records.iter().filter(|r| *r.source != *DERIVED_SOURCE) {
             json.insert(r.offset, &r.json);
         }
         let now = self.clock.now_ms();
-        let mut states: HashMap<ProfileId, ProfileState> = HashMap::default();
+        // Profiles being changed: their state, and what the log holds for them when that
+        // changed here (a merge).
+        let mut changing: HashMap<ProfileId, (ProfileState, Option<Emitted>)> = HashMap::default();
         {
             let mut profiles = self.write();
+            let take = |profiles: &mut Profiles, id: ProfileId| match profiles.entries.get_mut(&id)
+            {
+                Some(e) => (std::mem::take(&mut e.state), None),
+                None => (ProfileState::default(), None),
+            };
             for op in ops {
                 match *op {
                     TimelineOp::Add(id, e) => {
-                        let state = states
+                        let (state, _) = changing
                             .entry(id)
-                            .or_insert_with(|| Self::take_state(&mut profiles, id));
+                            .or_insert_with(|| take(&mut profiles, id));
                         if let Some(bytes) = json.get(&e.offset) {
                             self.observe(state, e.offset, e.timestamp_ms, bytes, now);
                         }
                     }
                     TimelineOp::Move(from, to) => {
-                        // Taken earlier in this batch, or still stored.
                         let stored = Self::remove(&mut profiles, from);
-                        let moved = states.remove(&from).unwrap_or(stored);
-                        let into = states
+                        let (moved, moved_emitted) = match changing.remove(&from) {
+                            Some((s, e)) => (s, e.or(stored.map(|(_, e)| e))),
+                            None => match stored {
+                                Some((s, e)) => (s, Some(e)),
+                                None => (ProfileState::default(), None),
+                            },
+                        };
+                        let (into, into_emitted) = changing
                             .entry(to)
-                            .or_insert_with(|| Self::take_state(&mut profiles, to));
+                            .or_insert_with(|| take(&mut profiles, to));
                         self.catalog.absorb(into, moved);
+                        if let Some(from_emitted) = moved_emitted {
+                            let mut mine = into_emitted.take().unwrap_or_else(|| {
+                                profiles.entries.get(&to).map_or_else(
+                                    || derived::nothing(self.catalog.definitions().len()),
+                                    |e| e.emitted.clone(),
+                                )
+                            });
+                            derived::absorb(&mut mine, &from_emitted);
+                            *into_emitted = Some(mine);
+                        }
                     }
                 }
             }
         }
+        let mut outbox = Outbox::default();
         let graph = unify.graph();
         let mut profiles = self.write();
-        for (id, state) in states {
-            let traits = ProfileTraits(graph.profile(id));
-            Self::settle(&self.catalog, &mut profiles, id, state, &traits, now);
+        for (id, (state, emitted)) in changing {
+            self.settle(
+                &mut profiles,
+                id,
+                state,
+                emitted,
+                graph.profile(id),
+                now,
+                Some(&mut outbox),
+            );
         }
         drop(profiles);
         drop(graph);
         self.applied.fetch_max(next, Ordering::AcqRel);
-        Ok(())
+        Ok(outbox)
     }
 
-    /// Re-evaluates profiles whose windows lost an event by now; with `all`, every profile.
-    fn on_time(&self, unify: &Unify, all: bool) {
+    /// Re-evaluates profiles whose windows lost an event by now, and those whose derived
+    /// events failed to be written; with `all`, every profile. Returns the derived events.
+    fn on_time(&self, unify: &Unify, all: bool) -> Outbox {
         let now = self.clock.now_ms();
         let graph = unify.graph();
         let mut profiles = self.write();
-        let mut due: Vec<ProfileId> = Vec::new();
+        let mut due: Vec<ProfileId> = std::mem::take(&mut profiles.retry);
         if all {
             due.extend(profiles.entries.keys().copied());
         } else {
@@ -371,17 +484,61 @@ impl Compute {
                 profiles.expiries.pop();
                 due.push(id);
             }
-            due.sort_unstable();
-            due.dedup();
         }
+        due.sort_unstable();
+        due.dedup();
+        let mut outbox = Outbox::default();
         for id in due {
-            if !profiles.entries.contains_key(&id) {
+            let Some(entry) = profiles.entries.get_mut(&id) else {
                 continue;
-            }
-            let mut state = Self::take_state(&mut profiles, id);
+            };
+            let mut state = std::mem::take(&mut entry.state);
             self.catalog.prune(&mut state, now);
-            let traits = ProfileTraits(graph.profile(id));
-            Self::settle(&self.catalog, &mut profiles, id, state, &traits, now);
+            self.settle(
+                &mut profiles,
+                id,
+                state,
+                None,
+                graph.profile(id),
+                now,
+                Some(&mut outbox),
+            );
+        }
+        outbox
+    }
+
+    /// Writes derived events into the log; on failure, puts back what the log holds for
+    /// their profiles and retries them at the next tick.
+    fn emit(
+        &self,
+        ingestor: &Ingestor,
+        limits: &junction_core::event::Limits,
+        rt: &tokio::runtime::Runtime,
+        outbox: Outbox,
+    ) {
+        if outbox.profiles.is_empty() {
+            return;
+        }
+        let events: Vec<serde_json::Value> = outbox
+            .profiles
+            .iter()
+            .flat_map(|(_, _, e)| e.iter().cloned())
+            .collect();
+        match rt.block_on(ingestor.store_derived(&events, limits)) {
+            Ok(n) => {
+                self.derived_events.fetch_add(n as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, events = events.len(), "compute cannot write derived events; retrying");
+                self.derived_errors.fetch_add(1, Ordering::Relaxed);
+                let mut profiles = self.write();
+                for (id, before, _) in outbox.profiles {
+                    if let Some(entry) = profiles.entries.get_mut(&id) {
+                        entry.emitted = before;
+                    }
+                    profiles.retry.push(id);
+                }
+            }
         }
     }
 
@@ -423,6 +580,20 @@ impl Compute {
             "counter",
             "Stored events Compute could not parse.",
             self.bad_events.load(Ordering::Relaxed),
+        );
+        metrics::single(
+            out,
+            "junction_compute_derived_events_total",
+            "counter",
+            "Audience Entered/Exited and computed-trait identify events written into the log.",
+            self.derived_events.load(Ordering::Relaxed),
+        );
+        metrics::single(
+            out,
+            "junction_compute_derived_errors_total",
+            "counter",
+            "Failed writes of derived events (retried).",
+            self.derived_errors.load(Ordering::Relaxed),
         );
         metrics::single(
             out,
@@ -468,14 +639,20 @@ impl Drop for Worker {
     }
 }
 
-/// Starts computing (nothing to do, and no thread, without definitions).
-pub fn spawn(compute: Arc<Compute>, unify: Arc<Unify>, log_dir: PathBuf) -> Worker {
+/// Starts computing (nothing to do, and no thread, without definitions); derived events go
+/// through `ingestor`.
+pub fn spawn(
+    compute: Arc<Compute>,
+    unify: Arc<Unify>,
+    ingestor: Arc<Ingestor>,
+    limits: junction_core::event::Limits,
+) -> Worker {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let worker_stop = Arc::clone(&stop);
     let thread = (!compute.catalog.is_empty()).then(|| {
         std::thread::Builder::new()
             .name("compute".into())
-            .spawn(move || run(&compute, &unify, &log_dir, &worker_stop))
+            .spawn(move || run(&compute, &unify, &ingestor, &limits, &worker_stop))
             .expect("spawning the compute thread")
     });
     Worker {
@@ -484,12 +661,39 @@ pub fn spawn(compute: Arc<Compute>, unify: Arc<Unify>, log_dir: PathBuf) -> Work
     }
 }
 
-fn run(compute: &Compute, unify: &Unify, log_dir: &Path, stop: &std::sync::atomic::AtomicBool) {
+fn run(
+    compute: &Compute,
+    unify: &Unify,
+    ingestor: &Ingestor,
+    limits: &junction_core::event::Limits,
+    stop: &std::sync::atomic::AtomicBool,
+) {
     crate::unify::processor::yield_to_ingest();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "compute cannot start its runtime");
+            return;
+        }
+    };
+    // Every derived event written before this start must be read back by the history pass.
+    let start_end = ingestor.log().next_offset();
+    while unify.applied() < start_end && !stop.load(Ordering::Acquire) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let sub = unify.subscribe_timeline();
-    if let Err(e) = compute.backfill(unify, log_dir, &sub) {
-        tracing::error!(error = %format!("{e:#}"), "compute cannot read the history");
-        return;
+    compute
+        .log_end
+        .store(ingestor.log().next_offset(), Ordering::Release);
+    match compute.backfill(unify, ingestor.log().dir(), &sub, true) {
+        Ok(outbox) => compute.emit(ingestor, limits, &rt, outbox),
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "compute cannot read the history");
+            return;
+        }
     }
     let TimelineSubscription { ops, .. } = sub;
     let tick = TICK.min(compute.time_lag).max(Duration::from_millis(10));
@@ -497,18 +701,25 @@ fn run(compute: &Compute, unify: &Unify, log_dir: &Path, stop: &std::sync::atomi
     let mut last_sweep = Instant::now();
     let sweeps = compute.catalog.reads_now();
     while !stop.load(Ordering::Acquire) {
-        match ops.recv_timeout(tick) {
-            Ok((batch, next)) => {
-                if let Err(e) = compute.apply(unify, &batch, next) {
+        let received = ops.recv_timeout(tick);
+        // Where what this round writes will land: after everything written so far.
+        compute
+            .log_end
+            .store(ingestor.log().next_offset(), Ordering::Release);
+        match received {
+            Ok((batch, next)) => match compute.apply(unify, &batch, next) {
+                Ok(outbox) => compute.emit(ingestor, limits, &rt, outbox),
+                Err(e) => {
                     tracing::error!(error = %format!("{e:#}"), "compute cannot read events; their aggregates are missed");
                 }
-            }
+            },
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
         }
         if last_tick.elapsed() >= tick {
             let all = sweeps && last_sweep.elapsed() >= compute.time_lag;
-            compute.on_time(unify, all);
+            let outbox = compute.on_time(unify, all);
+            compute.emit(ingestor, limits, &rt, outbox);
             last_tick = Instant::now();
             if all {
                 last_sweep = last_tick;
@@ -523,5 +734,5 @@ pub fn compute_offline(compute: &Compute, unify: &Unify, log_dir: &Path) -> anyh
         return Ok(());
     }
     let sub = unify.subscribe_timeline();
-    compute.backfill(unify, log_dir, &sub)
+    compute.backfill(unify, log_dir, &sub, false).map(drop)
 }

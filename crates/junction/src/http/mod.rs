@@ -31,7 +31,7 @@ pub struct AppState {
     pub config: Config,
     /// Write key → source name.
     pub sources: HashMap<String, String>,
-    pub ingestor: Ingestor,
+    pub ingestor: Arc<Ingestor>,
     /// Benchmark baseline only: parse and normalize, answer 200, store nothing.
     pub discard: bool,
     pub clock: Arc<dyn crate::clock::Clock>,

@@ -74,6 +74,47 @@ async fn traits_until(
     }
 }
 
+/// The derived events in the log: `(event or type, audience key or traits, userId, anonymousId)`.
+fn derived(app: &TestApp) -> Vec<(String, Value, Value, Value)> {
+    read_log(&app.state.config.log.dir)
+        .into_iter()
+        .filter(|(source, _)| source == "junction")
+        .map(|(_, e)| {
+            let what = e["event"]
+                .as_str()
+                .or(e["type"].as_str())
+                .unwrap_or_default()
+                .to_string();
+            let detail = match what.as_str() {
+                "identify" => e["traits"].clone(),
+                _ => e["properties"]["audience_key"].clone(),
+            };
+            (what, detail, e["userId"].clone(), e["anonymousId"].clone())
+        })
+        .collect()
+}
+
+/// Waits until the log holds `n` derived events, and returns them.
+async fn derived_until(app: &TestApp, n: usize) -> Vec<(String, Value, Value, Value)> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let d = derived(app);
+        if d.len() >= n {
+            return d;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} derived events, waiting for {n}: {d:?}",
+            d.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn entered(key: &str, user: Value, anon: Value) -> (String, Value, Value, Value) {
+    ("Audience Entered".into(), json!(key), user, anon)
+}
+
 async fn metric(app: &TestApp, line_start: &str) -> String {
     let (_, body) = app.get("/metrics").await;
     let text = body.as_str().expect("prometheus text");
@@ -123,6 +164,35 @@ async fn traits_and_audiences_follow_events_merges_and_the_clock() {
         metric(&app, "junction_audience_members{audience=\"buyers\"}").await,
         "junction_audience_members{audience=\"buyers\"} 1"
     );
+    // Written back into the log: the last identify carries the final values.
+    let log = derived_until(&app, 3).await;
+    assert!(
+        log.contains(&entered("buyers", json!("u1"), Value::Null)),
+        "{log:?}"
+    );
+    assert!(
+        log.contains(&entered("recent_viewers", Value::Null, json!("a1"))),
+        "{log:?}"
+    );
+    let last_identify = |user: Value, anon: Value| {
+        log.iter()
+            .rev()
+            .find(|d| d.0 == "identify" && d.2 == user && d.3 == anon)
+            .map(|d| d.1.clone())
+    };
+    assert_eq!(
+        last_identify(json!("u1"), Value::Null),
+        Some(json!({"orders": 2, "ltv": 110.5}))
+    );
+    assert_eq!(
+        last_identify(Value::Null, json!("a1")),
+        Some(json!({"orders": 0, "ltv": 0}))
+    );
+    assert_eq!(
+        log.iter().filter(|d| d.0 == "Audience Entered").count(),
+        2,
+        "{log:?}"
+    );
 
     // The identify joins a1 to u1: the merged profile has the view.
     send(
@@ -130,11 +200,10 @@ async fn traits_and_audiences_follow_events_merges_and_the_clock() {
         json!([{"type": "identify", "userId": "u1", "anonymousId": "a1", "timestamp": iso(T)}]),
     )
     .await;
-    let merged = traits_until(&app, "anonymous_id:a1", "class=audience", |t| {
-        t["buyers"] == true
+    traits_until(&app, "anonymous_id:a1", "class=audience", |t| {
+        *t == json!({"buyers": true, "recent_viewers": true})
     })
     .await;
-    assert_eq!(merged, json!({"buyers": true, "recent_viewers": true}));
     assert_eq!(
         metric(
             &app,
@@ -142,6 +211,18 @@ async fn traits_and_audiences_follow_events_merges_and_the_clock() {
         )
         .await,
         "junction_audience_members{audience=\"recent_viewers\"} 1"
+    );
+
+    // Both sides had entered what the merged profile is in: nothing new to write.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after_merge = derived(&app);
+    assert_eq!(
+        after_merge
+            .iter()
+            .filter(|d| d.0.starts_with("Audience"))
+            .count(),
+        2,
+        "{after_merge:?}"
     );
 
     // The view turns 7 days old: the profile leaves without any new event.
@@ -166,10 +247,28 @@ async fn traits_and_audiences_follow_events_merges_and_the_clock() {
         "junction_audience_members{audience=\"recent_viewers\"} 0"
     );
 
-    // A restart recomputes everything from the log.
+    let log = derived_until(&app, after_merge.len() + 1).await;
+    assert_eq!(
+        log.last().expect("an exit"),
+        &(
+            "Audience Exited".into(),
+            json!("recent_viewers"),
+            json!("u1"),
+            json!("a1")
+        )
+    );
+    let before_restart = log.len();
+
+    // A restart recomputes everything from the log, and writes nothing it already wrote.
     let dir = app.close();
     let app = TestApp::in_dir_with_clock(dir, DEFINITIONS, clock.clone());
-    let again = traits_until(&app, "user_id:u1", "", |t| t["orders"] == 2).await;
+    // (The derived identify made `orders` and `ltv` own traits too; the computed values
+    // hide them once computed.)
+    traits_until(&app, "user_id:u1", "class=audience", |t| {
+        *t == json!({"buyers": true, "recent_viewers": false})
+    })
+    .await;
+    let again = traits_until(&app, "user_id:u1", "", |_| true).await;
     assert_eq!(
         again,
         json!({"buyers": true, "ltv": 110.5, "orders": 2, "plan": "pro", "recent_viewers": false})
@@ -178,6 +277,8 @@ async fn traits_and_audiences_follow_events_merges_and_the_clock() {
         metric(&app, "junction_compute_ready").await,
         "junction_compute_ready 1"
     );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(derived(&app).len(), before_restart, "{:?}", derived(&app));
 }
 
 #[test]

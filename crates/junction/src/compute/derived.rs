@@ -1,0 +1,160 @@
+//! Derived events: what Compute writes back into the log when a membership or a computed
+//! trait changes, and how it reads them back to know what it already wrote.
+//!
+//! Contract:
+//! - A profile entering (leaving) an audience gives one `track` event `Audience Entered`
+//!   (`Audience Exited`) with `properties.audience_key` and `audience_name`; changed computed
+//!   traits give one `identify` carrying them. Both carry the profile's `user_id` and its
+//!   latest `anonymous_id` (whichever it has), `timestamp` = now, and
+//!   `context.personas.computation_class` (`audience` / `computed_trait`), and are stored
+//!   under the source `junction`. A profile with neither identifier gets no derived events.
+//! - [`Emitted`] is what the log says was written for a profile, per definition: the last
+//!   membership (`true`/`false`) or trait value (`null` if nothing) and where in the log it
+//!   was written. [`record`] reads a stored derived event into it, so after a restart the log
+//!   itself tells what not to write again (no `Audience Entered` twice for one entry).
+//! - When profiles merge, the later write (log order) of each definition wins: the same rule
+//!   whether the merge happens live ([`absorb`]) or the history is read back after a restart
+//!   (where every derived event already belongs to the merged profile).
+//! - [`diff`] gives the events that bring the log from `emitted` to `results`.
+
+use junction_core::compute::{Catalog, DefKind, Value};
+use junction_core::identity::Profile;
+use serde_json::{Map, json};
+
+/// Per definition, the value last written to the log for one profile, and the log offset it
+/// was written at (or the log's end when it was written: the order is what counts).
+pub type Emitted = Vec<(Value, u64)>;
+
+/// Nothing written yet, for `n` definitions.
+pub fn nothing(n: usize) -> Emitted {
+    vec![(Value::Null, 0); n]
+}
+
+/// Reads one stored derived event (of source `junction`, at `offset`) into `emitted`.
+pub fn record(catalog: &Catalog, emitted: &mut Emitted, event: &serde_json::Value, offset: u64) {
+    let defs = catalog.definitions();
+    let find = |kind: DefKind, key: &str| defs.iter().position(|d| d.kind == kind && d.key == key);
+    match (event["type"].as_str(), event["event"].as_str()) {
+        (Some("track"), Some(name @ ("Audience Entered" | "Audience Exited"))) => {
+            if let Some(key) = event["properties"]["audience_key"].as_str()
+                && let Some(i) = find(DefKind::Audience, key)
+            {
+                emitted[i] = (Value::Bool(name == "Audience Entered"), offset);
+            }
+        }
+        (Some("identify"), _) => {
+            let Some(traits) = event["traits"].as_object() else {
+                return;
+            };
+            for (k, v) in traits {
+                if let Some(i) = find(DefKind::ComputedTrait, k) {
+                    emitted[i] = (Value::from_json(v), offset);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// What was written for a merged profile: per definition, the later write of the two (a
+/// write beats nothing).
+pub fn absorb(into: &mut Emitted, from: &Emitted) {
+    for (a, b) in into.iter_mut().zip(from) {
+        if b.1 > a.1 || (b.1 == a.1 && a.0.is_null()) {
+            *a = b.clone();
+        }
+    }
+}
+
+/// The profile's identifiers for a derived event; `None` when it has neither a `user_id`
+/// nor an `anonymous_id`.
+fn identifiers(profile: &Profile) -> Option<Map<String, serde_json::Value>> {
+    let mut ids = Map::new();
+    let latest = |kind: &str| {
+        profile
+            .identifiers
+            .iter()
+            .filter(|e| &*e.kind == kind)
+            .max_by_key(|e| e.created_ms)
+            .map(|e| serde_json::Value::from(&*e.value))
+    };
+    if let Some(u) = latest("user_id") {
+        ids.insert("userId".into(), u);
+    }
+    if let Some(a) = latest("anonymous_id") {
+        ids.insert("anonymousId".into(), a);
+    }
+    (!ids.is_empty()).then_some(ids)
+}
+
+/// The events that bring the log from `emitted` to `results` for `profile`, and updates
+/// `emitted` to match what they say (the first of them to be written at log position `at`,
+/// the others after it in order). Audiences are written as they change; computed traits
+/// are written once they have a value.
+pub fn diff(
+    catalog: &Catalog,
+    names: &dyn Fn(&str) -> String,
+    profile: &Profile,
+    results: &[Value],
+    emitted: &mut Emitted,
+    now_ms: i64,
+    at: u64,
+) -> Vec<serde_json::Value> {
+    let mut events = Vec::new();
+    let mut traits = Map::new();
+    // (definition, new value, index of the event that writes it).
+    let mut changed: Vec<(usize, Value, u64)> = Vec::new();
+    for (i, (def, value)) in catalog.definitions().iter().zip(results).enumerate() {
+        let before = &emitted[i].0;
+        match def.kind {
+            DefKind::Audience => {
+                let member = value.is_true();
+                let was = before.is_true();
+                if member != was && (member || !before.is_null()) {
+                    let name = if member {
+                        "Audience Entered"
+                    } else {
+                        "Audience Exited"
+                    };
+                    changed.push((i, Value::Bool(member), events.len() as u64));
+                    events.push(json!({
+                        "type": "track",
+                        "event": name,
+                        "properties": {"audience_key": &def.key, "audience_name": names(&def.key)},
+                        "context": {"personas": {"computation_class": "audience", "computation_key": &def.key}},
+                    }));
+                }
+            }
+            DefKind::ComputedTrait => {
+                if value != before && !(value.is_null() && before.is_null()) {
+                    traits.insert(def.key.clone(), value.to_json());
+                    changed.push((i, value.clone(), u64::MAX));
+                }
+            }
+        }
+    }
+    let identify_at = events.len() as u64;
+    if !traits.is_empty() {
+        events.push(json!({
+            "type": "identify",
+            "traits": traits,
+            "context": {"personas": {"computation_class": "computed_trait"}},
+        }));
+    }
+    if events.is_empty() {
+        return events;
+    }
+    let Some(ids) = identifiers(profile) else {
+        return Vec::new();
+    };
+    let timestamp = junction_core::timestamp::format(now_ms);
+    for e in &mut events {
+        let obj = e.as_object_mut().expect("built as an object");
+        obj.extend(ids.clone());
+        obj.insert("timestamp".into(), timestamp.clone().into());
+    }
+    for (i, v, index) in changed {
+        emitted[i] = (v, at + index.min(identify_at));
+    }
+    events
+}
