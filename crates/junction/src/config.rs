@@ -121,6 +121,15 @@ impl Definitions {
         })
     }
 
+    /// Definitions with no names or descriptions beyond their keys (a preview's pass).
+    pub fn from_catalog(catalog: std::sync::Arc<junction_core::compute::Catalog>) -> Definitions {
+        Definitions {
+            computed_traits: Vec::new(),
+            audiences: Vec::new(),
+            catalog,
+        }
+    }
+
     /// The display name of audience `key`.
     pub fn audience_name(&self, key: &str) -> Option<&str> {
         self.audiences

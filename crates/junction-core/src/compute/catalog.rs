@@ -359,6 +359,52 @@ impl Catalog {
         self.evaluate_with(&|i| self.agg_value(state, i, now_ms), traits, now_ms)
     }
 
+    /// The value of definition `target` alone (and of what it reads), as
+    /// [`Catalog::evaluate`] would give it.
+    pub fn evaluate_one(
+        &self,
+        state: &ProfileState,
+        traits: &dyn TraitSource,
+        now_ms: i64,
+        target: usize,
+    ) -> Value {
+        let mut needed = vec![false; self.defs.len()];
+        let mut stack = vec![target];
+        while let Some(i) = stack.pop() {
+            if !std::mem::replace(&mut needed[i], true) {
+                stack.extend(&self.defs[i].deps);
+            }
+        }
+        let agg = |i| self.agg_value(state, i, now_ms);
+        let mut results = vec![Value::Null; self.defs.len()];
+        for &i in self.order.iter().filter(|&&i| needed[i]) {
+            results[i] = self.evaluate_def(i, &agg, traits, &results, now_ms);
+        }
+        std::mem::take(&mut results[target])
+    }
+
+    fn evaluate_def(
+        &self,
+        i: usize,
+        agg: &dyn Fn(usize) -> Value,
+        traits: &dyn TraitSource,
+        results: &[Value],
+        now_ms: i64,
+    ) -> Value {
+        let def = &self.defs[i];
+        let scope = ProfileScope {
+            agg,
+            traits,
+            results,
+            now_ms,
+        };
+        let v = eval(&def.node, &scope);
+        match def.kind {
+            DefKind::Audience => Value::Bool(v.is_true()),
+            DefKind::ComputedTrait => v,
+        }
+    }
+
     /// [`Catalog::evaluate`] with aggregate values from `agg` (the reference evaluator
     /// supplies its own).
     pub(crate) fn evaluate_with(
@@ -369,18 +415,7 @@ impl Catalog {
     ) -> Vec<Value> {
         let mut results = vec![Value::Null; self.defs.len()];
         for &i in &self.order {
-            let def = &self.defs[i];
-            let scope = ProfileScope {
-                agg,
-                traits,
-                results: &results,
-                now_ms,
-            };
-            let v = eval(&def.node, &scope);
-            results[i] = match def.kind {
-                DefKind::Audience => Value::Bool(v.is_true()),
-                DefKind::ComputedTrait => v,
-            };
+            results[i] = self.evaluate_def(i, agg, traits, &results, now_ms);
         }
         results
     }

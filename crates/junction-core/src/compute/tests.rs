@@ -670,6 +670,9 @@ proptest! {
                 }
                 let full = catalog.evaluate(&fresh, &traits, now);
                 let reference = reference::evaluate(&catalog, &evs, &traits, now);
+                for (i, want) in incremental.iter().enumerate() {
+                    prop_assert_eq!(&catalog.evaluate_one(state, &traits, now, i), want, "evaluate_one({})", i);
+                }
                 prop_assert_eq!(&incremental, &full, "incremental vs full recompute, specs {:?}", specs);
                 prop_assert_eq!(&full, &reference, "full recompute vs reference, specs {:?}", specs);
             }

@@ -120,6 +120,28 @@ pub struct Compute {
     /// The log's end, where derived events written next will land (orders writes, see
     /// `derived::absorb`).
     log_end: AtomicU64,
+    /// Audience sizes over time: (clock ms, member count per definition), a point each time
+    /// they changed (checked every tick), the last [`HISTORY_POINTS`].
+    history: Mutex<std::collections::VecDeque<(i64, Vec<u64>)>>,
+}
+
+/// Points of size history kept.
+pub const HISTORY_POINTS: usize = 10_000;
+
+/// The key a previewed expression is checked under.
+const PREVIEW_KEY: &str = "_preview";
+
+/// What [`Compute::preview`] found.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Preview {
+    /// Profiles for which the expression is true.
+    pub size: u64,
+    /// Profiles evaluated.
+    pub profiles: u64,
+    /// Some members (lowest profile ids first).
+    pub sample: Vec<ProfileId>,
+    /// Whether the aggregates came from the live state (else from a pass over the log).
+    pub from_state: bool,
 }
 
 /// A profile's traits as the language reads them.
@@ -175,6 +197,7 @@ impl Compute {
             derived_events: AtomicU64::new(0),
             derived_errors: AtomicU64::new(0),
             log_end: AtomicU64::new(0),
+            history: Default::default(),
         }
     }
 
@@ -224,17 +247,17 @@ impl Compute {
             .collect()
     }
 
-    /// Computes over the history: `sub.owners` says who owns each event below
-    /// `sub.applied`; the events are read from the log in one pass. Returns the derived
-    /// events the log is missing.
+    /// Computes over the history: `owners` says who owns each event below `applied`; the
+    /// events are read from the log in one pass. Returns the derived events the log is
+    /// missing (none without `emit`).
     fn backfill(
         &self,
         unify: &Unify,
         log_dir: &Path,
-        sub: &TimelineSubscription,
+        (applied, owners): (u64, &[(ProfileId, i64)]),
         emit: bool,
     ) -> anyhow::Result<Outbox> {
-        let total = sub.applied;
+        let total = applied;
         let now = self.clock.now_ms();
         let fresh = || derived::nothing(self.catalog.definitions().len());
         let mut states: HashMap<ProfileId, (ProfileState, Emitted)> = HashMap::default();
@@ -245,7 +268,7 @@ impl Compute {
         loop {
             let more = reader.next_frame(&mut |r| {
                 done = r.offset + 1;
-                let Some(&(owner, ts)) = sub.owners.get(r.offset as usize) else {
+                let Some(&(owner, ts)) = owners.get(r.offset as usize) else {
                     return;
                 };
                 if owner == 0 {
@@ -542,6 +565,111 @@ impl Compute {
         }
     }
 
+    /// Records the audience sizes as a point of history when they changed.
+    fn sample_sizes(&self) {
+        let sizes = self.read().members.clone();
+        let mut history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        if history.back().is_none_or(|(_, last)| *last != sizes) {
+            if history.len() == HISTORY_POINTS {
+                history.pop_front();
+            }
+            history.push_back((self.clock.now_ms(), sizes));
+        }
+    }
+
+    /// Definition `def`'s size over time: (clock ms, members) at each change.
+    pub fn size_history(&self, def: usize) -> Vec<(i64, u64)> {
+        let history = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        history.iter().map(|(t, sizes)| (*t, sizes[def])).collect()
+    }
+
+    /// Members of audience `def` after profile `after`, in profile id order: at most `limit`,
+    /// and whether there are more.
+    pub fn members(&self, def: usize, after: ProfileId, limit: usize) -> (Vec<ProfileId>, bool) {
+        let profiles = self.read();
+        let mut ids: Vec<ProfileId> = profiles
+            .entries
+            .iter()
+            .filter(|(id, e)| **id > after && e.results[def].is_true())
+            .map(|(id, _)| *id)
+            .collect();
+        ids.sort_unstable();
+        let more = ids.len() > limit;
+        ids.truncate(limit);
+        (ids, more)
+    }
+
+    /// Evaluates `expr` as an audience over every profile now, without saving it: from the
+    /// live state when every aggregate it uses is already kept, else from a pass over the log.
+    /// Blocking: run it on the blocking pool.
+    pub fn preview(
+        &self,
+        unify: &Unify,
+        log_dir: &Path,
+        expr: &str,
+        sample: usize,
+    ) -> Result<anyhow::Result<Preview>, junction_core::compute::DefinitionError> {
+        use junction_core::compute::DefinitionSpec;
+        let mut specs: Vec<DefinitionSpec> = self
+            .catalog
+            .definitions()
+            .iter()
+            .map(|d| DefinitionSpec {
+                kind: d.kind,
+                key: d.key.clone(),
+                expr: d.expr.clone(),
+            })
+            .collect();
+        specs.push(DefinitionSpec {
+            kind: DefKind::Audience,
+            key: PREVIEW_KEY.into(),
+            expr: expr.into(),
+        });
+        let catalog = Catalog::compile(&specs)?;
+        let target = specs.len() - 1;
+        let now = self.clock.now_ms();
+        let mut found = Preview {
+            size: 0,
+            profiles: 0,
+            sample: Vec::new(),
+            from_state: catalog.aggregates().len() == self.catalog.aggregates().len(),
+        };
+        let mut count = |id: ProfileId, member: bool| {
+            found.profiles += 1;
+            if member {
+                found.size += 1;
+                found.sample.push(id);
+            }
+        };
+        if found.from_state {
+            // The current aggregates keep their indexes in `catalog` (compiled in the same
+            // order, the preview's last), so the live states read as they are.
+            let graph = unify.graph();
+            let profiles = self.read();
+            for (id, e) in &profiles.entries {
+                let traits = ProfileTraits(graph.profile(*id));
+                count(
+                    *id,
+                    catalog
+                        .evaluate_one(&e.state, &traits, now, target)
+                        .is_true(),
+                );
+            }
+        } else {
+            let definitions = crate::config::Definitions::from_catalog(Arc::new(catalog));
+            let pass = Compute::new(&definitions, Arc::clone(&self.clock), self.time_lag);
+            if let Err(e) = compute_offline(&pass, unify, log_dir) {
+                return Ok(Err(e));
+            }
+            for (id, e) in &pass.read().entries {
+                count(*id, e.results[target].is_true());
+            }
+        }
+        found.sample.sort_unstable();
+        found.sample.truncate(sample);
+        Ok(Ok(found))
+    }
+
     /// Why `/ready` should fail, if it should: still computing the history, or more than
     /// `max_lag` events behind the log.
     pub fn not_ready(&self, log_end: u64, max_lag: u64) -> Option<String> {
@@ -688,8 +816,16 @@ fn run(
     compute
         .log_end
         .store(ingestor.log().next_offset(), Ordering::Release);
-    match compute.backfill(unify, ingestor.log().dir(), &sub, true) {
-        Ok(outbox) => compute.emit(ingestor, limits, &rt, outbox),
+    match compute.backfill(
+        unify,
+        ingestor.log().dir(),
+        (sub.applied, &sub.owners),
+        true,
+    ) {
+        Ok(outbox) => {
+            compute.emit(ingestor, limits, &rt, outbox);
+            compute.sample_sizes();
+        }
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "compute cannot read the history");
             return;
@@ -720,6 +856,7 @@ fn run(
             let all = sweeps && last_sweep.elapsed() >= compute.time_lag;
             let outbox = compute.on_time(unify, all);
             compute.emit(ingestor, limits, &rt, outbox);
+            compute.sample_sizes();
             last_tick = Instant::now();
             if all {
                 last_sweep = last_tick;
@@ -733,6 +870,8 @@ pub fn compute_offline(compute: &Compute, unify: &Unify, log_dir: &Path) -> anyh
     if compute.catalog.is_empty() {
         return Ok(());
     }
-    let sub = unify.subscribe_timeline();
-    compute.backfill(unify, log_dir, &sub, false).map(drop)
+    let (applied, owners) = unify.owners();
+    compute
+        .backfill(unify, log_dir, (applied, &owners), false)
+        .map(drop)
 }

@@ -4,6 +4,7 @@
 //! accept loop. Handlers never block: durable writes go through the log's writer thread.
 
 pub mod body;
+pub mod compute;
 pub mod cors;
 pub mod error;
 pub mod ops;
@@ -80,6 +81,18 @@ impl AppState {
     }
 }
 
+/// Runs `f` on the blocking pool. Everything that reads the graph goes there, not only what
+/// reads the log: the processor holds the graph's write lock while it applies, at a lower
+/// priority than ingest, so an async worker waiting for that lock would hold up the ingest
+/// requests queued on it.
+pub(crate) async fn off_the_runtime<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::new(500, "internal_error", e.to_string()).api())?
+}
+
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -109,6 +122,7 @@ pub fn router(state: SharedState) -> Router {
         .merge(tracking)
         .merge(api)
         .merge(profiles::routes())
+        .merge(compute::routes())
         .route("/health", get(ops::health))
         .route("/ready", get(ops::ready))
         .route("/metrics", get(ops::metrics))

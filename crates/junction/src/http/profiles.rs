@@ -32,6 +32,7 @@ use junction_core::identity::EventRef;
 use serde_json::Value;
 
 use super::error::ApiError;
+use super::off_the_runtime;
 use super::{AppState, SharedState, constant_time_eq};
 use crate::compute::Compute;
 use crate::config::Token;
@@ -370,18 +371,6 @@ async fn resource(
     Ok(Json(
         off_the_runtime(move || render(&unify, &compute, &req)).await?,
     ))
-}
-
-/// Runs `f` on the blocking pool. Everything that reads the graph goes there, not only what
-/// reads the log: the processor holds the graph's write lock while it applies, at a lower
-/// priority than ingest, so an async worker waiting for that lock would hold up the ingest
-/// requests queued on it.
-async fn off_the_runtime<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::new(500, "internal_error", e.to_string()).api())?
 }
 
 async fn merges(

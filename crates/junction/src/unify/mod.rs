@@ -113,14 +113,7 @@ impl Unify {
     pub fn subscribe_timeline(&self) -> TimelineSubscription {
         let mut graph = self.graph_mut();
         let applied = self.applied();
-        let mut owners = vec![(0, 0); applied as usize];
-        for p in graph.profiles() {
-            for e in &p.events {
-                if let Some(slot) = owners.get_mut(e.offset as usize) {
-                    *slot = (p.id, e.timestamp_ms);
-                }
-            }
-        }
+        let owners = owners(&graph, applied);
         let (tx, ops) = std::sync::mpsc::channel();
         graph.set_feed(true);
         *self.feed.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
@@ -129,6 +122,14 @@ impl Unify {
             applied,
             owners,
         }
+    }
+
+    /// Who owns each applied event now, without subscribing: the next offset to apply and,
+    /// for each offset below, the owner and timestamp (as [`TimelineSubscription::owners`]).
+    pub fn owners(&self) -> (u64, Vec<(ProfileId, i64)>) {
+        let graph = self.graph();
+        let applied = self.applied();
+        (applied, owners(&graph, applied))
     }
 
     /// Sends what `graph` recorded for the subscriber, with `next` (the processor calls it
@@ -307,6 +308,20 @@ impl Unify {
         self.commit_seconds
             .render(out, "junction_unify_commit_seconds", "");
     }
+}
+
+/// For each log offset below `applied`: the profile of `graph` that owns the event and its
+/// timestamp (profile 0: none).
+fn owners(graph: &Graph, applied: u64) -> Vec<(ProfileId, i64)> {
+    let mut owners = vec![(0, 0); applied as usize];
+    for p in graph.profiles() {
+        for e in &p.events {
+            if let Some(slot) = owners.get_mut(e.offset as usize) {
+                *slot = (p.id, e.timestamp_ms);
+            }
+        }
+    }
+    owners
 }
 
 /// A hash of a whole graph: equal for equal states (rebuild and crash tests compare it).

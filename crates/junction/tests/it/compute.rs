@@ -318,3 +318,173 @@ expr = 'audience("a")'
         "{err:#}"
     );
 }
+
+async fn api(
+    app: &TestApp,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let req = axum::http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("authorization", format!("Bearer {token}"));
+    let body = body.map_or_else(axum::body::Body::empty, |b| b.to_string().into());
+    let (s, _, j) = app.call(req.body(body).unwrap()).await;
+    (s, j)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_management_api_lists_sizes_members_history_and_previews() {
+    let clock = Arc::new(FixedClock::new(T));
+    let app = TestApp::in_dir_with_clock(tempfile::tempdir().unwrap(), DEFINITIONS, clock.clone());
+    // Five viewers (v0..v4), two of them buyers on the pro plan (v0, v1).
+    let mut batch = Vec::new();
+    for i in 0..5 {
+        batch.push(json!({"type": "track", "userId": format!("v{i}"), "event": "Viewed", "timestamp": iso(T - DAY)}));
+    }
+    for i in 0..2 {
+        batch.push(json!({"type": "identify", "userId": format!("v{i}"), "traits": {"plan": "pro"}, "timestamp": iso(T - DAY)}));
+        batch.push(json!({"type": "track", "userId": format!("v{i}"), "event": "Order Completed", "properties": {"revenue": 100 + i}, "timestamp": iso(T - DAY)}));
+    }
+    send(&app, Value::Array(batch)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let list = loop {
+        let (s, j) = api(&app, "GET", "/api/v1/audiences", PROFILES_TOKEN, None).await;
+        assert_eq!(s, 200, "{j}");
+        if j["data"][0]["size"] == 2 && j["data"][1]["size"] == 5 {
+            break j;
+        }
+        assert!(Instant::now() < deadline, "{j}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        list["data"][0],
+        json!({"key": "buyers", "name": "Buyers", "description": "", "managed_by": "config",
+               "status": "ready", "size": 2,
+               "expr": "traits.ltv >= 100 and traits.plan == \"pro\""})
+    );
+    let (s, one) = api(
+        &app,
+        "GET",
+        "/api/v1/computed-traits/ltv",
+        PROFILES_TOKEN,
+        None,
+    )
+    .await;
+    assert_eq!(
+        (s, one["expr"].clone()),
+        (
+            200,
+            json!("sum(properties.revenue, event = \"Order Completed\")")
+        )
+    );
+    let (s, traits) = api(&app, "GET", "/api/v1/computed-traits", PROFILES_TOKEN, None).await;
+    assert_eq!((s, traits["data"].as_array().map(Vec::len)), (200, Some(2)));
+
+    // Members, two pages.
+    let (s, page) = api(
+        &app,
+        "GET",
+        "/api/v1/audiences/recent_viewers/members?limit=3",
+        PROFILES_TOKEN,
+        None,
+    )
+    .await;
+    assert_eq!(s, 200, "{page}");
+    assert_eq!(page["data"].as_array().unwrap().len(), 3);
+    assert_eq!(page["cursor"]["has_more"], true);
+    let next = page["cursor"]["next"].as_str().unwrap().to_string();
+    let (_, rest) = api(
+        &app,
+        "GET",
+        &format!("/api/v1/audiences/recent_viewers/members?limit=3&next={next}"),
+        PROFILES_TOKEN,
+        None,
+    )
+    .await;
+    assert_eq!(rest["data"].as_array().unwrap().len(), 2);
+    assert_eq!(rest["cursor"]["has_more"], false);
+    let mut users: Vec<String> = page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(rest["data"].as_array().unwrap())
+        .map(|m| m["external_ids"][0]["id"].as_str().unwrap().to_string())
+        .collect();
+    users.sort();
+    assert_eq!(users, ["v0", "v1", "v2", "v3", "v4"]);
+
+    // Size history: the sizes at each change, the latest last.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, h) = api(
+            &app,
+            "GET",
+            "/api/v1/audiences/buyers/size-history",
+            PROFILES_TOKEN,
+            None,
+        )
+        .await;
+        if h["data"]
+            .as_array()
+            .and_then(|d| d.last())
+            .is_some_and(|p| p["size"] == 2)
+        {
+            assert_eq!(h["data"].as_array().unwrap().last().unwrap()["at"], iso(T));
+            break;
+        }
+        assert!(Instant::now() < deadline, "{h}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Preview: from the live state when its aggregates are kept, else from the log.
+    let (s, p) = api(&app, "POST", "/api/v1/audiences/preview", PROFILES_TOKEN,
+        Some(json!({"expr": "audience(\"recent_viewers\") and not audience(\"buyers\")", "sample": 2}))).await;
+    assert_eq!(s, 200, "{p}");
+    assert_eq!(
+        (p["size"].clone(), p["computed_from"].clone()),
+        (json!(3), json!("state"))
+    );
+    assert_eq!(p["sample"].as_array().unwrap().len(), 2);
+    let (s, p) = api(
+        &app,
+        "POST",
+        "/api/v1/audiences/preview",
+        PROFILES_TOKEN,
+        Some(json!({"expr": "max(properties.revenue, event = \"Order Completed\") > 100"})),
+    )
+    .await;
+    assert_eq!(s, 200, "{p}");
+    assert_eq!(
+        (p["size"].clone(), p["computed_from"].clone()),
+        (json!(1), json!("log"))
+    );
+    assert_eq!(p["sample"][0]["external_ids"][0]["id"], "v1");
+    let (s, e) = api(
+        &app,
+        "POST",
+        "/api/v1/audiences/preview",
+        PROFILES_TOKEN,
+        Some(json!({"expr": "count() >= \"3\""})),
+    )
+    .await;
+    assert_eq!(s, 400);
+    assert_eq!(e["error"]["code"], "invalid_expression");
+    assert_eq!(
+        e["error"]["message"],
+        "column 12: `>=` cannot compare a number with a string"
+    );
+
+    // Errors: unknown key, auth.
+    let (s, e) = api(&app, "GET", "/api/v1/audiences/nope", PROFILES_TOKEN, None).await;
+    assert_eq!(
+        (s, e["error"]["message"].clone()),
+        (404, json!("no audience with the key `nope`"))
+    );
+    let (s, _) = api(&app, "GET", "/api/v1/audiences", "wrong-token", None).await;
+    assert_eq!(s, 401);
+    let (s, _) = api(&app, "GET", "/api/v1/audiences", EVENTS_TOKEN, None).await;
+    assert_eq!(s, 403);
+}
