@@ -488,3 +488,152 @@ async fn the_management_api_lists_sizes_members_history_and_previews() {
     let (s, _) = api(&app, "GET", "/api/v1/audiences", EVENTS_TOKEN, None).await;
     assert_eq!(s, 403);
 }
+
+const CRASH_DEFINITIONS: &str = r#"
+[[computed_traits]]
+key = "views"
+expr = 'count(event = "Viewed")'
+
+[[audiences]]
+key = "engaged"
+expr = 'count(event = "Viewed") >= 3'
+"#;
+
+/// Users in the crash test, and views each gets: user `i` gets `i % 5` views.
+const CRASH_USERS: usize = 3_000;
+
+fn view(user: usize, n: usize) -> Value {
+    json!({"type": "track", "userId": format!("u{user}"), "event": "Viewed",
+           "messageId": format!("v{user}-{n}"), "timestamp": "2024-05-01T00:00:00.000Z"})
+}
+
+fn metric_of(server: &Server, name: &str) -> Option<u64> {
+    let text = reqwest::blocking::get(server.url("/metrics"))
+        .ok()?
+        .text()
+        .ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+}
+
+/// Waits until Compute has caught up with every stored event and written what it derived.
+fn settled(server: &Server) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ready = metric_of(server, "junction_compute_ready ") == Some(1);
+        let lag = metric_of(server, "junction_compute_lag_events ");
+        if ready && lag == Some(0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "compute did not catch up: lag {lag:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The last round's derived events are written after its events were applied.
+    std::thread::sleep(Duration::from_millis(500));
+}
+
+/// Kill -9 while the history is being computed and while live events are, then restart:
+/// the memberships equal what the events say, every member entered exactly once, and the
+/// last written computed trait of each user is its final value.
+#[test]
+fn kill_9_mid_history_and_mid_stream_writes_each_entry_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("junction.toml");
+    let data_dir = dir.path().join("data");
+    std::fs::write(&config, config_text(&data_dir, CRASH_DEFINITIONS)).unwrap();
+    // History: every user's first two views, imported (a long first pass for Compute).
+    let history = dir.path().join("history.jsonl");
+    let mut lines = String::new();
+    for n in 0..2 {
+        for u in 0..CRASH_USERS {
+            if n < u % 5 {
+                lines.push_str(&view(u, n).to_string());
+                lines.push('\n');
+            }
+        }
+    }
+    std::fs::write(&history, lines).unwrap();
+    let out = std::process::Command::new(junction_bin())
+        .args(["import", "--source", "web", "--config"])
+        .arg(&config)
+        .arg(&history)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Killed while computing the history (`junction_compute_ready` still 0).
+    let port = free_port();
+    let server = Server::start_on(&config, &data_dir, port);
+    let computing = metric_of(&server, "junction_compute_ready ") == Some(0);
+    server.kill9();
+
+    // The rest of the views arrive live, with kills in between: after Compute wrote its
+    // derived events (a restart must not write them again), and right after the 200s
+    // (while it is writing them).
+    let mut server = Server::start_on(&config, &data_dir, port);
+    let http = reqwest::blocking::Client::new();
+    for n in 2..5 {
+        let batch: Vec<Value> = (0..CRASH_USERS)
+            .filter(|u| n < u % 5)
+            .map(|u| view(u, n))
+            .collect();
+        for chunk in batch.chunks(500) {
+            let sent = http
+                .post(server.url("/v1/batch"))
+                .header("authorization", basic(WRITE_KEY))
+                .body(json!({ "batch": chunk }).to_string())
+                .send()
+                .unwrap();
+            assert_eq!(sent.status(), 200);
+        }
+        if n != 3 {
+            settled(&server);
+        }
+        server.kill9();
+        server = Server::start_on(&config, &data_dir, port);
+    }
+    settled(&server);
+    std::thread::sleep(Duration::from_millis(500));
+    let size = metric_of(&server, "junction_audience_members{audience=\"engaged\"} ");
+    assert!(server.terminate().success());
+
+    let log = read_log(&data_dir.join("log"));
+    let mut views = vec![0u64; CRASH_USERS];
+    let mut entered = vec![0u64; CRASH_USERS];
+    let mut last_trait = vec![None; CRASH_USERS];
+    for (source, e) in &log {
+        let user: usize = e["userId"].as_str().unwrap()[1..].parse().unwrap();
+        match (source.as_str(), e["type"].as_str(), e["event"].as_str()) {
+            ("web", Some("track"), Some("Viewed")) => views[user] += 1,
+            ("junction", Some("track"), Some("Audience Entered")) => entered[user] += 1,
+            ("junction", Some("track"), other) => panic!("unexpected derived event {other:?}"),
+            ("junction", Some("identify"), _) => last_trait[user] = e["traits"]["views"].as_u64(),
+            other => panic!("unexpected event {other:?}"),
+        }
+    }
+    let members = views.iter().filter(|&&v| v >= 3).count() as u64;
+    assert!(members > 0);
+    assert_eq!(size, Some(members), "audience size after the kills");
+    for u in 0..CRASH_USERS {
+        let want = u64::from(views[u] >= 3);
+        assert_eq!(
+            entered[u], want,
+            "u{u}: {} views, {} Audience Entered",
+            views[u], entered[u]
+        );
+        if views[u] > 0 {
+            assert_eq!(last_trait[u], Some(views[u]), "u{u}: last written `views`");
+        }
+    }
+    eprintln!(
+        "killed mid-history: {computing}; {} events, {members} members",
+        log.len()
+    );
+}
