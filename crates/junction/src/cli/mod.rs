@@ -72,6 +72,10 @@ pub enum Command {
         /// Print the summary as JSON.
         #[arg(long)]
         json: bool,
+        /// Evaluate computed traits and audiences as of this time (ISO-8601; default: now),
+        /// e.g. to compare with a query over the same events.
+        #[arg(long)]
+        as_of: Option<String>,
     },
     /// Read profiles and accounts (through the running server, or the stopped data dir).
     Profiles {
@@ -128,6 +132,15 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             location,
             in_memory,
             json,
-        } => rebuild::run(&location.overrides(None), in_memory, json),
+            as_of,
+        } => {
+            let as_of = match as_of {
+                None => None,
+                Some(t) => Some(junction_core::timestamp::parse(&t).ok_or_else(|| {
+                    anyhow::anyhow!("--as-of: `{t}` is not an ISO-8601 date or date-time")
+                })?),
+            };
+            rebuild::run(&location.overrides(None), in_memory, json, as_of)
+        }
     }
 }

@@ -1,5 +1,6 @@
-//! `junction rebuild [--in-memory] [--json]`: recomputes all derived state (identity graph,
-//! profiles, accounts) from the event log, with progress, and prints a summary.
+//! `junction rebuild [--in-memory] [--json] [--as-of TIME]`: recomputes all derived state
+//! (identity graph, profiles, accounts; computed traits and audiences, which are kept in
+//! memory only) from the event log, with progress, and prints a summary.
 //!
 //! Contract: refuses to run while a server holds the data dir (the log's lock). The new
 //! state is written to `<data_dir>/state.rebuild` and then swapped in for `state`, so the
@@ -32,9 +33,30 @@ pub struct Summary {
     pub state_bytes: u64,
     pub peak_rss_bytes: u64,
     pub digest: String,
+    /// Computed traits and audiences, when any are defined.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compute: Option<ComputeSummary>,
 }
 
-pub fn run(overrides: &Overrides, in_memory: bool, json: bool) -> anyhow::Result<()> {
+/// What the pass over the history computed.
+#[derive(Debug, Serialize)]
+pub struct ComputeSummary {
+    pub seconds: f64,
+    pub events_per_sec: f64,
+    pub as_of: String,
+    pub aggregates: usize,
+    /// Per definition key: audience members, or for a computed trait the profiles with a
+    /// value, those whose value is a number other than 0, and the sum of the numbers.
+    pub audiences: std::collections::BTreeMap<String, u64>,
+    pub computed_traits: std::collections::BTreeMap<String, crate::compute::TraitTotals>,
+}
+
+pub fn run(
+    overrides: &Overrides,
+    in_memory: bool,
+    json: bool,
+    as_of: Option<i64>,
+) -> anyhow::Result<()> {
     let config = crate::config::load(overrides)?;
     // Holding the log's lock keeps a server from starting meanwhile.
     let (log, _) = Log::open(config.log.clone()).with_context(|| {
@@ -43,12 +65,7 @@ pub fn run(overrides: &Overrides, in_memory: bool, json: bool) -> anyhow::Result
             config.data_dir.display()
         )
     })?;
-    let summary = rebuild(
-        &config.data_dir,
-        log.dir(),
-        config.identity.clone(),
-        in_memory,
-    )?;
+    let summary = rebuild(&config, log.dir(), in_memory, as_of)?;
     log.shutdown();
     if json {
         println!("{}", serde_json::to_string(&summary)?);
@@ -69,17 +86,35 @@ pub fn run(overrides: &Overrides, in_memory: bool, json: bool) -> anyhow::Result
             },
             summary.digest
         );
+        if let Some(c) = &summary.compute {
+            println!(
+                "computed {} audiences and {} computed traits as of {} in {:.2} s ({:.0} events/s): {}",
+                c.audiences.len(),
+                c.computed_traits.len(),
+                c.as_of,
+                c.seconds,
+                c.events_per_sec,
+                c.audiences
+                    .iter()
+                    .map(|(k, n)| format!("{k} {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
     }
     Ok(())
 }
 
 /// Recomputes the state from `log_dir`; writes it under `data_dir/state` unless `in_memory`.
+/// Computed traits and audiences are evaluated as of `as_of` (default: now).
 pub fn rebuild(
-    data_dir: &Path,
+    config: &crate::config::Config,
     log_dir: &Path,
-    rules: junction_core::identity::Rules,
     in_memory: bool,
+    as_of: Option<i64>,
 ) -> anyhow::Result<Summary> {
+    let data_dir = &config.data_dir;
+    let rules = config.identity.clone();
     let started = Instant::now();
     let bar =
         indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
@@ -119,8 +154,10 @@ pub fn rebuild(
         }
     }
     let seconds = started.elapsed().as_secs_f64();
+    let compute = compute_history(config, log_dir, &graph, next, as_of)?;
     let c = graph.counters();
     Ok(Summary {
+        compute,
         events: c.events,
         next_offset: next,
         profiles: graph.profile_count(),
@@ -134,6 +171,41 @@ pub fn rebuild(
         peak_rss_bytes: peak_rss_bytes(),
         digest: format!("{:016x}", unify::digest(&graph)),
     })
+}
+
+/// Computes the configured traits and audiences over the whole log (`None` without any).
+fn compute_history(
+    config: &crate::config::Config,
+    log_dir: &Path,
+    graph: &junction_core::identity::Graph,
+    next: u64,
+    as_of: Option<i64>,
+) -> anyhow::Result<Option<ComputeSummary>> {
+    use crate::clock::{Clock, FixedClock, SystemClock};
+    let definitions = &config.definitions;
+    if definitions.catalog.is_empty() {
+        return Ok(None);
+    }
+    let clock: std::sync::Arc<dyn Clock> = match as_of {
+        Some(ms) => std::sync::Arc::new(FixedClock::new(ms)),
+        None => std::sync::Arc::new(SystemClock),
+    };
+    let as_of = junction_core::timestamp::format(clock.now_ms());
+    let compute = crate::compute::Compute::new(definitions, clock, config.compute_time_lag);
+    let started = Instant::now();
+    let owners = unify::owners(graph, next);
+    compute.compute_history(log_dir, (next, &owners), false, graph)?;
+    let seconds = started.elapsed().as_secs_f64();
+    let (mut audiences, mut computed_traits) = (Default::default(), Default::default());
+    compute.totals(&mut audiences, &mut computed_traits);
+    Ok(Some(ComputeSummary {
+        seconds,
+        events_per_sec: next as f64 / seconds.max(1e-9),
+        as_of,
+        aggregates: definitions.catalog.aggregates().len(),
+        audiences,
+        computed_traits,
+    }))
 }
 
 /// The process's peak resident set (VmHWM), 0 where unknown.

@@ -86,7 +86,7 @@ struct Entry {
 /// Derived events to write, in order: per profile, what `emitted` was before them, and the
 /// events.
 #[derive(Default)]
-struct Outbox {
+pub struct Outbox {
     profiles: Vec<(ProfileId, Emitted, Vec<serde_json::Value>)>,
     /// Events in `profiles`: the position in the log (after the round's start) of the next.
     events: u64,
@@ -130,6 +130,15 @@ pub const HISTORY_POINTS: usize = 10_000;
 
 /// The key a previewed expression is checked under.
 const PREVIEW_KEY: &str = "_preview";
+
+/// A computed trait over all profiles: how many have a value, how many a number other than
+/// 0, and the sum of the numbers (a checksum to compare with another engine).
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct TraitTotals {
+    pub profiles: u64,
+    pub nonzero: u64,
+    pub sum: f64,
+}
 
 /// What [`Compute::preview`] found.
 #[derive(Clone, Debug, PartialEq)]
@@ -254,8 +263,19 @@ impl Compute {
         &self,
         unify: &Unify,
         log_dir: &Path,
+        owners: (u64, &[(ProfileId, i64)]),
+        emit: bool,
+    ) -> anyhow::Result<Outbox> {
+        self.compute_history(log_dir, owners, emit, &unify.graph())
+    }
+
+    /// [`Compute::backfill`] with the profiles' traits read from `graph`.
+    pub fn compute_history(
+        &self,
+        log_dir: &Path,
         (applied, owners): (u64, &[(ProfileId, i64)]),
         emit: bool,
+        graph: &junction_core::identity::Graph,
     ) -> anyhow::Result<Outbox> {
         let total = applied;
         let now = self.clock.now_ms();
@@ -294,7 +314,6 @@ impl Compute {
             }
         }
         let mut outbox = Outbox::default();
-        let graph = unify.graph();
         let mut profiles = self.write();
         for (id, (state, emitted)) in states {
             let out = emit.then_some(&mut outbox);
@@ -309,7 +328,6 @@ impl Compute {
             );
         }
         drop(profiles);
-        drop(graph);
         self.applied.store(total, Ordering::Release);
         self.set_status(Status::Ready);
         Ok(outbox)
@@ -560,6 +578,34 @@ impl Compute {
                         entry.emitted = before;
                     }
                     profiles.retry.push(id);
+                }
+            }
+        }
+    }
+
+    /// Sizes of every audience, and [`TraitTotals`] of every computed trait, by key.
+    pub fn totals(
+        &self,
+        audiences: &mut std::collections::BTreeMap<String, u64>,
+        traits: &mut std::collections::BTreeMap<String, TraitTotals>,
+    ) {
+        let profiles = self.read();
+        for (i, d) in self.catalog.definitions().iter().enumerate() {
+            match d.kind {
+                DefKind::Audience => {
+                    audiences.insert(d.key.clone(), profiles.members[i]);
+                }
+                DefKind::ComputedTrait => {
+                    let mut t = TraitTotals::default();
+                    for e in profiles.entries.values() {
+                        let v = &e.results[i];
+                        t.profiles += u64::from(!v.is_null());
+                        if let Some(n) = v.as_num() {
+                            t.nonzero += u64::from(n != 0.0);
+                            t.sum += n;
+                        }
+                    }
+                    traits.insert(d.key.clone(), t);
                 }
             }
         }

@@ -312,7 +312,7 @@ impl Unify {
 
 /// For each log offset below `applied`: the profile of `graph` that owns the event and its
 /// timestamp (profile 0: none).
-fn owners(graph: &Graph, applied: u64) -> Vec<(ProfileId, i64)> {
+pub fn owners(graph: &Graph, applied: u64) -> Vec<(ProfileId, i64)> {
     let mut owners = vec![(0, 0); applied as usize];
     for p in graph.profiles() {
         for e in &p.events {

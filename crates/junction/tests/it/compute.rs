@@ -637,3 +637,77 @@ fn kill_9_mid_history_and_mid_stream_writes_each_entry_once() {
         log.len()
     );
 }
+
+/// `junction rebuild` recomputes computed traits and audiences too, as of a given time.
+#[test]
+fn rebuild_computes_traits_and_audiences_as_of_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("junction.toml");
+    let data_dir = dir.path().join("data");
+    std::fs::write(&config, config_text(&data_dir, DEFINITIONS)).unwrap();
+    let history = dir.path().join("history.jsonl");
+    let lines = [
+        json!({"type": "track", "userId": "u1", "event": "Viewed", "timestamp": iso(T - DAY)}),
+        json!({"type": "track", "userId": "u2", "event": "Viewed", "timestamp": iso(T - 3 * DAY)}),
+        json!({"type": "identify", "userId": "u1", "traits": {"plan": "pro"}, "timestamp": iso(T)}),
+        json!({"type": "track", "userId": "u1", "event": "Order Completed", "properties": {"revenue": 120}, "timestamp": iso(T)}),
+        json!({"type": "track", "userId": "u2", "event": "Order Completed", "properties": {"revenue": 2.5}, "timestamp": iso(T)}),
+    ];
+    let text: Vec<String> = lines.iter().map(Value::to_string).collect();
+    std::fs::write(&history, text.join("\n")).unwrap();
+    let out = std::process::Command::new(junction_bin())
+        .args(["import", "--source", "web", "--config"])
+        .arg(&config)
+        .arg(&history)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rebuild = |as_of: i64| {
+        let out = std::process::Command::new(junction_bin())
+            .args([
+                "rebuild",
+                "--in-memory",
+                "--json",
+                "--as-of",
+                &iso(as_of),
+                "--config",
+            ])
+            .arg(&config)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
+        summary["compute"].clone()
+    };
+    let now = rebuild(T);
+    assert_eq!(now["as_of"], iso(T));
+    assert_eq!(now["audiences"], json!({"buyers": 1, "recent_viewers": 2}));
+    assert_eq!(
+        now["computed_traits"]["ltv"],
+        json!({"profiles": 2, "nonzero": 2, "sum": 122.5})
+    );
+    assert_eq!(now["computed_traits"]["orders"]["sum"], 2.0);
+    // Four days later u2's view (3 days old then) has left the 7-day window.
+    let later = rebuild(T + 4 * DAY + 1);
+    assert_eq!(
+        later["audiences"],
+        json!({"buyers": 1, "recent_viewers": 1})
+    );
+    let out = std::process::Command::new(junction_bin())
+        .args(["rebuild", "--in-memory", "--as-of", "yesterday", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--as-of: `yesterday` is not an ISO-8601")
+    );
+}
