@@ -8,6 +8,7 @@
 //! - [`catalog`]: a checked set of definitions ([`Catalog`]) and a profile's incremental
 //!   state ([`ProfileState`]): observe events, merge profiles, slide windows, evaluate.
 //! - [`reference`]: a brute-force evaluator over a profile's raw events, for tests.
+//! - [`slim`]: reading only what a catalog needs of a stored event ([`slim::Reads`]).
 //!
 //! The language is documented for users in `docs/expressions.md`.
 
@@ -20,6 +21,7 @@ pub mod lexer;
 pub mod parser;
 pub mod program;
 pub mod reference;
+pub mod slim;
 #[cfg(test)]
 mod tests;
 pub mod value;

@@ -622,6 +622,7 @@ proptest! {
             .collect();
         specs.extend(audience_defs.iter().enumerate().map(|(i, e)| spec(DefKind::Audience, &format!("a{i}"), e)));
         let catalog = Catalog::compile(&specs).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let reads = super::slim::Reads::of(&catalog);
         let mut traits = no_traits();
         traits.insert("plan".into(), if plan_pro { "pro" } else { "free" }.into());
 
@@ -669,6 +670,15 @@ proptest! {
                     catalog.observe(&mut fresh, e, now);
                 }
                 let full = catalog.evaluate(&fresh, &traits, now);
+                // Only the members the catalog reads, and only events it can match.
+                let mut slimmed = ProfileState::default();
+                for e in &evs {
+                    let bytes = serde_json::to_vec(e.json).expect("serializable");
+                    if let Some(v) = reads.slim(&bytes).expect("valid JSON") {
+                        catalog.observe(&mut slimmed, &Event { json: &v, ..*e }, now);
+                    }
+                }
+                prop_assert_eq!(&catalog.evaluate(&slimmed, &traits, now), &full, "slim events");
                 let reference = reference::evaluate(&catalog, &evs, &traits, now);
                 for (i, want) in incremental.iter().enumerate() {
                     prop_assert_eq!(&catalog.evaluate_one(state, &traits, now, i), want, "evaluate_one({})", i);

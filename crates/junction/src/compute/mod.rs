@@ -106,6 +106,8 @@ struct Profiles {
 /// The shared handle (see the module docs).
 pub struct Compute {
     catalog: Arc<Catalog>,
+    /// What the catalog reads of events.
+    reads: junction_core::compute::slim::Reads,
     /// Audience key → display name.
     names: HashMap<String, String>,
     clock: Arc<dyn Clock>,
@@ -192,6 +194,7 @@ impl Compute {
         };
         let members = vec![0; catalog.definitions().len()];
         Compute {
+            reads: junction_core::compute::slim::Reads::of(&catalog),
             catalog,
             names,
             clock,
@@ -333,10 +336,12 @@ impl Compute {
         Ok(outbox)
     }
 
-    /// Adds one stored event to `state` (a bad one is counted and skipped).
+    /// Adds one stored event to `state`, reading only what the catalog needs (a bad one is
+    /// counted and skipped).
     fn observe(&self, state: &mut ProfileState, offset: u64, ts: i64, json: &[u8], now: i64) {
-        match serde_json::from_slice::<serde_json::Value>(json) {
-            Ok(v) => {
+        match self.reads.slim(json) {
+            Ok(None) => {}
+            Ok(Some(v)) => {
                 let ev = Event {
                     offset,
                     timestamp_ms: ts,

@@ -1,0 +1,109 @@
+//! Reading only what a catalog needs of a stored event.
+//!
+//! Contract: [`Reads::of`] lists, for a [`Catalog`], the top-level members its aggregates read
+//! and which (type, name) pairs any aggregate can match. [`Reads::slim`] scans one stored
+//! event once: it returns `None` when no aggregate can match the event's type and name
+//! (without building anything), else an object holding `type`, `event` and the members read,
+//! which evaluates exactly like the whole event for that catalog.
+
+use super::catalog::Catalog;
+use super::program::{Field, Node};
+
+/// What a catalog reads of events.
+#[derive(Clone, Debug, Default)]
+pub struct Reads {
+    /// Top-level members read besides `type` and `event`.
+    roots: Vec<Box<str>>,
+    /// Per aggregate: the names and types it accepts (`None`: any).
+    filters: Vec<(Option<Vec<Box<str>>>, Option<Vec<Box<str>>>)>,
+}
+
+impl Reads {
+    pub fn of(catalog: &Catalog) -> Reads {
+        let mut roots: Vec<Box<str>> = Vec::new();
+        let mut filters = Vec::new();
+        for spec in catalog.aggregates() {
+            for node in spec.value.iter().chain(&spec.filter) {
+                collect_roots(node, &mut roots);
+            }
+            let names = |l: &Option<Box<[std::sync::Arc<str>]>>| {
+                l.as_ref().map(|l| l.iter().map(|s| (**s).into()).collect())
+            };
+            filters.push((names(&spec.events), names(&spec.types)));
+        }
+        roots.sort();
+        roots.dedup();
+        roots.retain(|r| !matches!(&**r, "type" | "event"));
+        Reads { roots, filters }
+    }
+
+    /// Whether some aggregate accepts events of this type and name.
+    pub fn may_match(&self, kind: &str, name: Option<&str>) -> bool {
+        self.filters.iter().any(|(names, types)| {
+            types
+                .as_ref()
+                .is_none_or(|t| t.iter().any(|x| &**x == kind))
+                && names
+                    .as_ref()
+                    .is_none_or(|n| name.is_some_and(|name| n.iter().any(|x| &**x == name)))
+        })
+    }
+
+    /// The parts of `json` (a stored event: valid JSON) the catalog reads, or `None` when no
+    /// aggregate can match it.
+    pub fn slim(&self, json: &[u8]) -> Result<Option<serde_json::Value>, serde_json::Error> {
+        let text = std::str::from_utf8(json).map_err(|_| bad("not UTF-8"))?;
+        let (mut kind, mut name) = (None, None);
+        let mut raws: Vec<(usize, &str)> = Vec::new();
+        crate::json::for_each_member(text, |key, value| {
+            let Some(key) = key.strip_prefix('"').and_then(|k| k.strip_suffix('"')) else {
+                return;
+            };
+            match key {
+                "type" => kind = crate::json::unquote(value),
+                "event" => name = crate::json::unquote(value),
+                k => {
+                    if let Some(i) = self.roots.iter().position(|r| &**r == k) {
+                        raws.push((i, value));
+                    }
+                }
+            }
+        })
+        .map_err(|_| bad("not a JSON object"))?;
+        let kind = kind.unwrap_or_default();
+        if !self.may_match(&kind, name.as_deref()) {
+            return Ok(None);
+        }
+        let mut out = serde_json::Map::new();
+        out.insert("type".into(), (*kind).into());
+        if let Some(e) = name {
+            out.insert("event".into(), (*e).into());
+        }
+        for (i, raw) in raws {
+            out.insert(self.roots[i].to_string(), serde_json::from_str(raw)?);
+        }
+        Ok(Some(serde_json::Value::Object(out)))
+    }
+}
+
+fn bad(what: &str) -> serde_json::Error {
+    serde::de::Error::custom(format!("a stored event is {what}"))
+}
+
+fn collect_roots(node: &Node, out: &mut Vec<Box<str>>) {
+    match node {
+        Node::Field(Field::Path(p)) => out.push(p[0].clone()),
+        Node::List(items) => items.iter().for_each(|n| collect_roots(n, out)),
+        Node::Exists(n) | Node::Not(n) | Node::Neg(n) => collect_roots(n, out),
+        Node::Bin(_, l, r) => {
+            collect_roots(l, out);
+            collect_roots(r, out);
+        }
+        Node::Const(_)
+        | Node::Field(_)
+        | Node::Trait(_)
+        | Node::Def(_)
+        | Node::Agg(_)
+        | Node::Now => {}
+    }
+}
