@@ -14,9 +14,12 @@ use super::program::{Field, Node};
 pub struct Reads {
     /// Top-level members read besides `type` and `event`.
     roots: Vec<Box<str>>,
-    /// Per aggregate: the names and types it accepts (`None`: any).
-    filters: Vec<(Option<Vec<Box<str>>>, Option<Vec<Box<str>>>)>,
+    /// Per aggregate: the names and types it accepts.
+    filters: Vec<(Allowed, Allowed)>,
 }
+
+/// The values a filter accepts (`None`: any).
+type Allowed = Option<Vec<Box<str>>>;
 
 impl Reads {
     pub fn of(catalog: &Catalog) -> Reads {
