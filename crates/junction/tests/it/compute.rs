@@ -711,3 +711,23 @@ fn rebuild_computes_traits_and_audiences_as_of_a_time() {
         String::from_utf8_lossy(&out.stderr).contains("--as-of: `yesterday` is not an ISO-8601")
     );
 }
+
+/// The README's example definitions are valid.
+#[test]
+fn the_readme_definitions_compile() {
+    let readme = include_str!("../../../../README.md");
+    let block = readme
+        .split("```toml\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .find(|b| b.contains("[[audiences]]"))
+        .expect("a toml block with audiences in the README");
+    let dir = tempfile::tempdir().unwrap();
+    let file = junction::config::parse_file(
+        &config_text(dir.path(), block),
+        std::path::Path::new("README.md"),
+    )
+    .unwrap();
+    let config = junction::config::build(Some(file), &Default::default()).unwrap();
+    assert_eq!(config.definitions.catalog.definitions().len(), 2);
+}
