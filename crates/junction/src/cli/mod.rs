@@ -1,5 +1,7 @@
 //! Command-line interface (SPEC §3.1): argument parsing and dispatch to each subcommand.
 
+pub mod backend;
+pub mod compute;
 pub mod import;
 pub mod profiles;
 pub mod rebuild;
@@ -82,6 +84,16 @@ pub enum Command {
         #[command(subcommand)]
         command: profiles::ProfilesCommand,
     },
+    /// Read audiences, their members, and preview expressions (server running or not).
+    Audiences {
+        #[command(subcommand)]
+        command: compute::AudiencesCommand,
+    },
+    /// Read computed-trait definitions (server running or not).
+    Traits {
+        #[command(subcommand)]
+        command: compute::TraitsCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -128,6 +140,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             command: EventsCommand::Tail(args),
         } => tail::run(&args),
         Command::Profiles { command } => profiles::run(command),
+        Command::Audiences { command } => compute::run_audiences(command),
+        Command::Traits { command } => compute::run_traits(command),
         Command::Rebuild {
             location,
             in_memory,

@@ -1,26 +1,17 @@
 //! `junction profiles get|explain <id_type>:<value>`: a profile (or, with `group_id:`, an
 //! account) as the Profile API shows it, and the merges that formed it.
 //!
-//! Contract: when a server holds the data dir's log (its `LOCK`), the command asks that
-//! server's Profile API (address from the config, `JUNCTION_LISTEN` or `--listen`; token:
-//! the first configured one allowing `profiles:read`, in dev mode the generated admin
-//! token). Otherwise it opens the data dir itself, holding the log's lock so no server
-//! starts meanwhile, applies the log to its end (progress on a TTY; the result is
-//! committed, as the server would) and renders the same bodies with the same code. `--json`
-//! prints the API bodies; the default is a readable summary. An unknown profile is an error.
+//! Contract: the bodies come from the running server's Profile API, or from the stopped
+//! data dir rendered with the same code (see `backend.rs`; token scope `profiles:read`).
+//! `--json` prints the API bodies; the default is a readable summary. An unknown profile is
+//! an error.
 
-use std::fs::{File, OpenOptions, TryLockError};
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::Path;
-
-use anyhow::{Context, bail};
+use anyhow::bail;
 use clap::{Args, Subcommand};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
-use super::Location;
-use crate::config::Config;
+use super::backend::{ApiFailure, Backend, Connection, Request, encode_segment, query_string};
 use crate::http::profiles::{self as api, ProfileRequest};
-use crate::unify::Unify;
 use crate::unify::view::{
     ACCOUNT_ID_TYPE, Collection, MAX_LIMIT, MAX_LINKS_LIMIT, MAX_TRAITS_LIMIT, Resource,
 };
@@ -43,11 +34,8 @@ pub struct Target {
     /// Print the Profile API bodies as JSON.
     #[arg(long)]
     pub json: bool,
-    /// Address of the running server (default: from the config, else 127.0.0.1:8088).
-    #[arg(long, env = "JUNCTION_LISTEN")]
-    pub listen: Option<String>,
     #[command(flatten)]
-    pub location: Location,
+    pub connection: Connection,
 }
 
 #[derive(Debug, Args)]
@@ -81,21 +69,21 @@ fn collection_of(id: &str) -> Collection {
 
 fn get(args: &GetArgs) -> anyhow::Result<()> {
     let t = &args.target;
-    let backend = Backend::open(t)?;
+    let backend = Backend::open(&t.connection, api::SCOPE)?;
     let collection = collection_of(&t.id);
     let not_found = || anyhow::anyhow!("profile `{}` was not found", t.id);
     let mut bodies = Map::new();
-    let traits = backend
-        .pages(
-            collection,
-            &t.id,
-            Resource::Traits,
-            &[
-                ("verbose", "true".into()),
-                ("limit", MAX_TRAITS_LIMIT.to_string()),
-            ],
-        )?
-        .ok_or_else(not_found)?;
+    let traits = pages(
+        &backend,
+        collection,
+        &t.id,
+        Resource::Traits,
+        &[
+            ("verbose", "true".into()),
+            ("limit", MAX_TRAITS_LIMIT.to_string()),
+        ],
+    )?
+    .ok_or_else(not_found)?;
     bodies.insert("traits".into(), traits);
     for (resource, limit) in [
         (Resource::ExternalIds, MAX_LIMIT),
@@ -106,24 +94,22 @@ fn get(args: &GetArgs) -> anyhow::Result<()> {
             0 => Vec::new(),
             n => vec![("limit", n.to_string())],
         };
-        let body = backend
-            .pages(collection, &t.id, resource, &params)?
-            .ok_or_else(not_found)?;
+        let body = pages(&backend, collection, &t.id, resource, &params)?.ok_or_else(not_found)?;
         bodies.insert(resource.as_str().into(), body);
     }
     if args.events {
-        let body = backend
-            .call(
-                collection,
-                &t.id,
-                Resource::Events,
-                &[("limit", EVENTS_SHOWN.to_string())],
-            )?
-            .ok_or_else(not_found)?;
+        let body = call(
+            &backend,
+            collection,
+            &t.id,
+            Resource::Events,
+            &[("limit", EVENTS_SHOWN.to_string())],
+        )?
+        .ok_or_else(not_found)?;
         bodies.insert("events".into(), body);
     }
     if collection == Collection::Users {
-        let body = backend.merges(&t.id)?.ok_or_else(not_found)?;
+        let body = merges(&backend, &t.id)?.ok_or_else(not_found)?;
         bodies.insert("merges".into(), body);
     }
     let bodies = Value::Object(bodies);
@@ -143,9 +129,8 @@ fn explain(t: &Target) -> anyhow::Result<()> {
             t.id
         );
     }
-    let backend = Backend::open(t)?;
-    let body = backend
-        .merges(&t.id)?
+    let backend = Backend::open(&t.connection, api::SCOPE)?;
+    let body = merges(&backend, &t.id)?
         .ok_or_else(|| anyhow::anyhow!("profile `{}` was not found", t.id))?;
     if t.json {
         println!("{}", serde_json::to_string_pretty(&body)?);
@@ -155,293 +140,67 @@ fn explain(t: &Target) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Where the bodies come from: the running server, or the data dir opened here.
-enum Backend {
-    Remote {
-        addr: SocketAddr,
-        token: String,
-        workspace: String,
-        runtime: tokio::runtime::Runtime,
-    },
-    Local {
-        unify: Box<Unify>,
-        compute: Box<crate::compute::Compute>,
-        workspace: String,
-        /// The log's lock, held so that no server starts while the state is written.
-        _lock: File,
-    },
-}
-
-/// A percent-encoded path segment (`+` as `%2B`, as Segment asks; `:` and `@` kept).
-fn encode_segment(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b':' | b'@' => {
-                out.push(b as char)
-            }
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
-}
-
-/// A query-string component (form encoding).
-fn encode_query(s: &str) -> String {
-    encode_segment(s).replace("%20", "+")
-}
-
-fn query_string(params: &[(&str, String)]) -> String {
-    params
-        .iter()
-        .map(|(k, v)| format!("{k}={}", encode_query(v)))
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
-impl Backend {
-    fn open(t: &Target) -> anyhow::Result<Backend> {
-        let overrides = t.location.overrides(t.listen.clone());
-        let data_dir = crate::config::resolve_data_dir(&overrides)?;
-        let log_dir = data_dir.join("log");
-        if !log_dir.exists() {
-            bail!(
-                "no event log in {} (has the server run with this data dir?)",
-                data_dir.display()
-            );
-        }
-        let config = crate::config::load(&overrides)?;
-        match try_lock(&log_dir)? {
-            None => Self::remote(config),
-            Some(lock) => Self::local(config, lock),
-        }
-    }
-
-    fn remote(config: Config) -> anyhow::Result<Backend> {
-        let token = config
-            .tokens
-            .iter()
-            .find(|t| t.allows(api::SCOPE))
-            .with_context(|| {
-                format!(
-                    "the data dir is in use by a running server, and no configured token has the `{}` scope to ask it",
-                    api::SCOPE
-                )
-            })?
-            .secret
-            .clone();
-        let mut addr = config.listen;
-        if addr.ip().is_unspecified() {
-            addr.set_ip(match addr.ip() {
-                IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::LOCALHOST),
-                IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::LOCALHOST),
-            });
-        }
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        Ok(Backend::Remote {
-            addr,
-            token,
-            workspace: config.workspace,
-            runtime,
-        })
-    }
-
-    fn local(config: Config, lock: File) -> anyhow::Result<Backend> {
-        let bar =
-            indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} applying the event log: {msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-        );
-        let unify = crate::unify::processor::open_and_catch_up(
-            &config.data_dir,
-            config.identity.clone(),
-            &mut |offset, applied| {
-                bar.set_message(format!("offset {offset}, {applied} events applied"))
-            },
-        )
-        .with_context(|| format!("cannot read the profiles in {}", config.data_dir.display()))?;
-        bar.set_message("computing traits and audiences");
-        let compute = crate::compute::Compute::new(
-            &config.definitions,
-            std::sync::Arc::new(crate::clock::SystemClock),
-            config.compute_time_lag,
-        );
-        crate::compute::compute_offline(&compute, &unify, &config.data_dir.join("log"))
-            .with_context(|| format!("cannot compute traits in {}", config.data_dir.display()))?;
-        bar.finish_and_clear();
-        Ok(Backend::Local {
-            compute: Box::new(compute),
-            unify: Box::new(unify),
-            workspace: config.workspace,
-            _lock: lock,
-        })
-    }
-
-    fn workspace(&self) -> &str {
-        match self {
-            Backend::Remote { workspace, .. } | Backend::Local { workspace, .. } => workspace,
-        }
-    }
-
-    /// One resource's body; `None` when the profile does not exist.
-    fn call(
-        &self,
-        collection: Collection,
-        id: &str,
-        resource: Resource,
-        params: &[(&str, String)],
-    ) -> anyhow::Result<Option<Value>> {
-        let mut url = format!(
-            "/v1/spaces/{}/collections/{}/profiles/{}/{}",
-            encode_segment(self.workspace()),
-            collection.as_str(),
-            encode_segment(id),
-            resource.as_str()
-        );
-        if !params.is_empty() {
-            url.push('?');
-            url.push_str(&query_string(params));
-        }
-        match self {
-            Backend::Remote { .. } => self.get_remote(&url),
-            Backend::Local { unify, compute, .. } => {
-                let pairs: Vec<(String, String)> = params
-                    .iter()
-                    .map(|(k, v)| (k.to_string(), v.clone()))
-                    .collect();
-                let result = ProfileRequest::parse(collection, id, resource, &pairs, url)
-                    .and_then(|req| api::render(unify, compute, &req));
-                local_result(result)
-            }
-        }
-    }
-
-    /// Every page of a resource, joined: `traits` maps merged, `data` lists concatenated,
-    /// the last page's cursor.
-    fn pages(
-        &self,
-        collection: Collection,
-        id: &str,
-        resource: Resource,
-        params: &[(&str, String)],
-    ) -> anyhow::Result<Option<Value>> {
-        let Some(mut body) = self.call(collection, id, resource, params)? else {
-            return Ok(None);
-        };
-        loop {
-            let next = match body.pointer("/cursor/has_more") {
-                Some(Value::Bool(true)) => body["cursor"]["next"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
-                _ => return Ok(Some(body)),
-            };
-            let mut more_params = params.to_vec();
-            more_params.push(("next", next));
-            let Some(mut more) = self.call(collection, id, resource, &more_params)? else {
-                return Ok(Some(body));
-            };
-            if let (Some(Value::Object(all)), Some(Value::Object(page))) =
-                (body.get_mut("traits"), more.get_mut("traits"))
-            {
-                all.append(page);
-            }
-            if let (Some(Value::Array(all)), Some(Value::Array(page))) =
-                (body.get_mut("data"), more.get_mut("data"))
-            {
-                all.append(page);
-            }
-            body["cursor"] = more["cursor"].take();
-        }
-    }
-
-    fn merges(&self, id: &str) -> anyhow::Result<Option<Value>> {
-        match self {
-            Backend::Remote { .. } => {
-                self.get_remote(&format!("/api/v1/profiles/{}/merges", encode_segment(id)))
-            }
-            Backend::Local { unify, .. } => local_result(api::render_merges(unify, id)),
-        }
-    }
-
-    fn get_remote(&self, url: &str) -> anyhow::Result<Option<Value>> {
-        let Backend::Remote {
-            addr,
-            token,
-            runtime,
-            ..
-        } = self
-        else {
-            unreachable!("remote backend");
-        };
-        let (status, bytes) = runtime
-            .block_on(http_get(*addr, url, token))
-            .with_context(|| format!("cannot reach the running server at http://{addr} (the data dir is in use by it)"))?;
-        let body: Value = serde_json::from_slice(&bytes).unwrap_or_else(
-            |_| json!({"error": {"code": "?", "message": String::from_utf8_lossy(&bytes)}}),
-        );
-        match status {
-            200 => Ok(Some(body)),
-            404 if body.pointer("/error/message").and_then(Value::as_str)
-                == Some("Profile was not found.") =>
-            {
-                Ok(None)
-            }
-            _ => bail!(
-                "the server at http://{addr} answered {status} to GET {url}: {}",
-                body.pointer("/error/message")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-            ),
-        }
-    }
-}
-
-fn local_result(
-    result: Result<Value, crate::http::error::ApiError>,
+/// One resource's body; `None` when the profile does not exist.
+fn call(
+    backend: &Backend,
+    collection: Collection,
+    id: &str,
+    resource: Resource,
+    params: &[(&str, String)],
 ) -> anyhow::Result<Option<Value>> {
-    match result {
+    let mut url = format!(
+        "/v1/spaces/{}/collections/{}/profiles/{}/{}",
+        encode_segment(backend.workspace()),
+        collection.as_str(),
+        encode_segment(id),
+        resource.as_str()
+    );
+    if !params.is_empty() {
+        url.push('?');
+        url.push_str(&query_string(params));
+    }
+    let answer = backend.call(Request::Get(url.clone()), |o| {
+        let pairs: Vec<(String, String)> = params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect();
+        ProfileRequest::parse(collection, id, resource, &pairs, url)
+            .and_then(|req| api::render(&o.unify, &o.compute, &req))
+    })?;
+    found(answer)
+}
+
+/// Every page of a resource, joined (see [`super::backend::follow_pages`]).
+fn pages(
+    backend: &Backend,
+    collection: Collection,
+    id: &str,
+    resource: Resource,
+    params: &[(&str, String)],
+) -> anyhow::Result<Option<Value>> {
+    let Some(body) = call(backend, collection, id, resource, params)? else {
+        return Ok(None);
+    };
+    super::backend::follow_pages(body, |next| {
+        let mut more_params = params.to_vec();
+        more_params.push(("next", next));
+        call(backend, collection, id, resource, &more_params)
+    })
+    .map(Some)
+}
+
+fn merges(backend: &Backend, id: &str) -> anyhow::Result<Option<Value>> {
+    let url = format!("/api/v1/profiles/{}/merges", encode_segment(id));
+    found(backend.call(Request::Get(url), |o| api::render_merges(&o.unify, id))?)
+}
+
+/// The body, `None` for "Profile was not found.", else the API's error.
+fn found(answer: Result<Value, ApiFailure>) -> anyhow::Result<Option<Value>> {
+    match answer {
         Ok(v) => Ok(Some(v)),
-        Err(e) if e.status == 404 => Ok(None),
-        Err(e) => bail!("{} ({})", e.message, e.code),
+        Err(f) if f.status == 404 && f.message == api::profile_not_found().message => Ok(None),
+        Err(f) => Err(f.into()),
     }
-}
-
-/// `Some(lock)` when no server holds the log; `None` when one does.
-fn try_lock(log_dir: &Path) -> anyhow::Result<Option<File>> {
-    let path = log_dir.join("LOCK");
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => Ok(Some(file)),
-        Err(TryLockError::WouldBlock) => Ok(None),
-        Err(TryLockError::Error(e)) => {
-            Err(e).with_context(|| format!("cannot lock {}", path.display()))
-        }
-    }
-}
-
-async fn http_get(addr: SocketAddr, url: &str, token: &str) -> anyhow::Result<(u16, bytes::Bytes)> {
-    use http_body_util::BodyExt as _;
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<http_body_util::Empty<bytes::Bytes>>();
-    // Both the Profile API and the management API take a bearer token.
-    let req = hyper::Request::get(format!("http://{addr}{url}"))
-        .header(hyper::header::AUTHORIZATION, format!("Bearer {token}"))
-        .body(http_body_util::Empty::new())?;
-    let resp = tokio::time::timeout(std::time::Duration::from_secs(30), client.request(req))
-        .await
-        .context("timed out")??;
-    let status = resp.status().as_u16();
-    let bytes = resp.into_body().collect().await?.to_bytes();
-    Ok((status, bytes))
 }
 
 fn s(v: &Value) -> &str {
@@ -607,17 +366,7 @@ fn explanation(id: &str, b: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn ids_are_percent_encoded_as_segment_asks() {
-        assert_eq!(encode_segment("email:a+b@x.io"), "email:a%2Bb@x.io");
-        assert_eq!(encode_segment("user_id:a/b c"), "user_id:a%2Fb%20c");
-        assert_eq!(encode_segment("user_id:é"), "user_id:%C3%A9");
-        assert_eq!(
-            query_string(&[("include", "a b,c".into())]),
-            "include=a+b%2Cc"
-        );
-    }
+    use serde_json::json;
 
     #[test]
     fn explanation_shows_the_chain() {

@@ -11,6 +11,9 @@
 //!   the expression over current data, nothing saved; an invalid expression is a 400
 //!   `invalid_expression` whose message names the column.
 //! - Work that waits for locks or reads the log runs on the blocking pool.
+//! - The bodies are built by the `*_body` functions from the engines alone, which
+//!   `junction audiences|traits` also call on a stopped data dir: one code path, the same
+//!   JSON.
 
 use std::sync::Arc;
 
@@ -20,18 +23,19 @@ use axum::http::HeaderMap;
 use axum::routing::{get, post};
 use junction_core::compute::{DefKind, Definition};
 use junction_core::identity::ProfileId;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::error::ApiError;
 use super::{SharedState, off_the_runtime};
 use crate::compute::Compute;
+use crate::config::Definitions;
 use crate::unify::Unify;
 
-const SCOPE: &str = "profiles:read";
+pub const SCOPE: &str = "profiles:read";
 /// Members per page by default and at most.
 const MEMBERS_LIMIT: usize = 100;
-const MAX_MEMBERS_LIMIT: usize = 1_000;
+pub const MAX_MEMBERS_LIMIT: usize = 1_000;
 /// Sample members a preview returns by default and at most.
 const SAMPLE: usize = 10;
 const MAX_SAMPLE: usize = 100;
@@ -47,10 +51,11 @@ pub fn routes() -> axum::Router<SharedState> {
         .route("/api/v1/audiences/{key}/size-history", get(size_history))
 }
 
+// ---- The bodies: built from `&Compute`, `&Unify` and `&Definitions` only, so that the CLI
+// renders the same bodies from a stopped data dir (`cli/compute.rs`). ----
+
 /// A definition in the API's shape.
-fn describe(state: &SharedState, index: usize, d: &Definition) -> Value {
-    let compute = &state.compute;
-    let definitions = &state.config.definitions;
+fn describe(compute: &Compute, definitions: &Definitions, index: usize, d: &Definition) -> Value {
     let mut out = json!({
         "key": &d.key,
         "expr": &d.expr,
@@ -83,12 +88,11 @@ fn describe(state: &SharedState, index: usize, d: &Definition) -> Value {
 
 /// The definition of `kind` named `key`, with its index.
 fn find<'a>(
-    state: &'a SharedState,
+    compute: &'a Compute,
     kind: DefKind,
     key: &str,
 ) -> Result<(usize, &'a Definition), ApiError> {
-    state
-        .compute
+    compute
         .catalog()
         .definitions()
         .iter()
@@ -97,59 +101,28 @@ fn find<'a>(
         .ok_or_else(|| ApiError::not_found(format!("no {kind} with the key `{key}`")).api())
 }
 
-fn list(state: &SharedState, kind: DefKind) -> Json<Value> {
-    let data: Vec<Value> = state
-        .compute
+/// `GET /api/v1/computed-traits` or `/api/v1/audiences`: every definition of `kind`.
+pub fn list_body(compute: &Compute, definitions: &Definitions, kind: DefKind) -> Value {
+    let data: Vec<Value> = compute
         .catalog()
         .definitions()
         .iter()
         .enumerate()
         .filter(|(_, d)| d.kind == kind)
-        .map(|(i, d)| describe(state, i, d))
+        .map(|(i, d)| describe(compute, definitions, i, d))
         .collect();
-    Json(json!({ "data": data }))
+    json!({ "data": data })
 }
 
-async fn list_traits(
-    State(state): State<SharedState>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    state.require_scope(&headers, SCOPE)?;
-    Ok(list(&state, DefKind::ComputedTrait))
-}
-
-async fn list_audiences(
-    State(state): State<SharedState>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    state.require_scope(&headers, SCOPE)?;
-    Ok(list(&state, DefKind::Audience))
-}
-
-async fn get_trait(
-    State(state): State<SharedState>,
-    headers: HeaderMap,
-    Path(key): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    state.require_scope(&headers, SCOPE)?;
-    let (i, d) = find(&state, DefKind::ComputedTrait, &key)?;
-    Ok(Json(describe(&state, i, d)))
-}
-
-async fn get_audience(
-    State(state): State<SharedState>,
-    headers: HeaderMap,
-    Path(key): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    state.require_scope(&headers, SCOPE)?;
-    let (i, d) = find(&state, DefKind::Audience, &key)?;
-    Ok(Json(describe(&state, i, d)))
-}
-
-#[derive(Deserialize)]
-struct MembersQuery {
-    limit: Option<String>,
-    next: Option<String>,
+/// `GET /api/v1/computed-traits/{key}` or `/api/v1/audiences/{key}`.
+pub fn definition_body(
+    compute: &Compute,
+    definitions: &Definitions,
+    kind: DefKind,
+    key: &str,
+) -> Result<Value, ApiError> {
+    let (i, d) = find(compute, kind, key)?;
+    Ok(describe(compute, definitions, i, d))
 }
 
 fn bad_param(name: &str, message: String) -> ApiError {
@@ -175,14 +148,21 @@ fn with_ids(unify: &Unify, ids: &[ProfileId]) -> Vec<Value> {
         .collect()
 }
 
-async fn members(
-    State(state): State<SharedState>,
-    headers: HeaderMap,
-    Path(key): Path<String>,
-    Query(q): Query<MembersQuery>,
-) -> Result<Json<Value>, ApiError> {
-    state.require_scope(&headers, SCOPE)?;
-    let (i, _) = find(&state, DefKind::Audience, &key)?;
+/// The `limit` and `next` query parameters of the members route, as sent.
+#[derive(Debug, Default, Deserialize)]
+pub struct MembersQuery {
+    pub limit: Option<String>,
+    pub next: Option<String>,
+}
+
+/// `GET /api/v1/audiences/{key}/members`: one page. Blocking (it waits for the graph's lock).
+pub fn members_body(
+    compute: &Compute,
+    unify: &Unify,
+    key: &str,
+    q: &MembersQuery,
+) -> Result<Value, ApiError> {
+    let (i, _) = find(compute, DefKind::Audience, key)?;
     let limit = match q.limit.as_deref() {
         None => MEMBERS_LIMIT,
         Some(l) => l
@@ -205,20 +185,132 @@ async fn members(
             )
         })?,
     };
+    let (ids, more) = compute.members(i, after, limit);
+    let next = if more {
+        ids.last().map(ToString::to_string)
+    } else {
+        None
+    };
+    Ok(json!({
+        "data": with_ids(unify, &ids),
+        "cursor": {"has_more": more, "next": next.unwrap_or_default(), "limit": limit},
+    }))
+}
+
+/// `GET /api/v1/audiences/{key}/size-history` (empty where no server ran the computation:
+/// the history is kept in the running server's memory).
+pub fn size_history_body(compute: &Compute, key: &str) -> Result<Value, ApiError> {
+    let (i, _) = find(compute, DefKind::Audience, key)?;
+    let data: Vec<Value> = compute
+        .size_history(i)
+        .into_iter()
+        .map(|(at, size)| json!({"at": junction_core::timestamp::format(at), "size": size}))
+        .collect();
+    Ok(json!({ "data": data }))
+}
+
+/// The body of `POST /api/v1/audiences/preview`.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PreviewRequest {
+    pub expr: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sample: Option<usize>,
+}
+
+/// `POST /api/v1/audiences/preview`, `took_ms` included. Blocking (it may read the whole
+/// log).
+pub fn preview_body(
+    compute: &Compute,
+    unify: &Unify,
+    log_dir: &std::path::Path,
+    req: &PreviewRequest,
+) -> Result<Value, ApiError> {
+    let started = std::time::Instant::now();
+    let sample = req.sample.unwrap_or(SAMPLE).min(MAX_SAMPLE);
+    let found = match compute.preview(unify, log_dir, &req.expr, sample) {
+        Ok(Ok(found)) => found,
+        Ok(Err(e)) => {
+            return Err(
+                ApiError::new(500, "internal_error", format!("the preview failed: {e:#}")).api(),
+            );
+        }
+        Err(e) => {
+            return Err(ApiError::new(400, "invalid_expression", e.error.to_string()).api());
+        }
+    };
+    Ok(json!({
+        "size": found.size,
+        "profiles": found.profiles,
+        "sample": with_ids(unify, &found.sample),
+        "computed_from": if found.from_state { "state" } else { "log" },
+        "took_ms": started.elapsed().as_millis() as u64,
+    }))
+}
+
+// ---- The handlers ----
+
+async fn list_traits(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    state.require_scope(&headers, SCOPE)?;
+    let body = list_body(
+        &state.compute,
+        &state.config.definitions,
+        DefKind::ComputedTrait,
+    );
+    Ok(Json(body))
+}
+
+async fn list_audiences(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    state.require_scope(&headers, SCOPE)?;
+    let body = list_body(&state.compute, &state.config.definitions, DefKind::Audience);
+    Ok(Json(body))
+}
+
+async fn get_trait(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    state.require_scope(&headers, SCOPE)?;
+    let body = definition_body(
+        &state.compute,
+        &state.config.definitions,
+        DefKind::ComputedTrait,
+        &key,
+    )?;
+    Ok(Json(body))
+}
+
+async fn get_audience(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    state.require_scope(&headers, SCOPE)?;
+    let body = definition_body(
+        &state.compute,
+        &state.config.definitions,
+        DefKind::Audience,
+        &key,
+    )?;
+    Ok(Json(body))
+}
+
+async fn members(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    Path(key): Path<String>,
+    Query(q): Query<MembersQuery>,
+) -> Result<Json<Value>, ApiError> {
+    state.require_scope(&headers, SCOPE)?;
     let (compute, unify) = (Arc::clone(&state.compute), Arc::clone(&state.unify));
-    let body = off_the_runtime(move || {
-        let (ids, more) = compute.members(i, after, limit);
-        let next = if more {
-            ids.last().map(ToString::to_string)
-        } else {
-            None
-        };
-        Ok(json!({
-            "data": with_ids(&unify, &ids),
-            "cursor": {"has_more": more, "next": next.unwrap_or_default(), "limit": limit},
-        }))
-    })
-    .await?;
+    let body = off_the_runtime(move || members_body(&compute, &unify, &key, &q)).await?;
     Ok(Json(body))
 }
 
@@ -228,21 +320,7 @@ async fn size_history(
     Path(key): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     state.require_scope(&headers, SCOPE)?;
-    let (i, _) = find(&state, DefKind::Audience, &key)?;
-    let data: Vec<Value> = state
-        .compute
-        .size_history(i)
-        .into_iter()
-        .map(|(at, size)| json!({"at": junction_core::timestamp::format(at), "size": size}))
-        .collect();
-    Ok(Json(json!({ "data": data })))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PreviewBody {
-    expr: String,
-    sample: Option<usize>,
+    Ok(Json(size_history_body(&state.compute, &key)?))
 }
 
 async fn preview(
@@ -251,7 +329,7 @@ async fn preview(
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {
     state.require_scope(&headers, SCOPE)?;
-    let body: PreviewBody = serde_json::from_slice(&body).map_err(|e| {
+    let req: PreviewRequest = serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(
             400,
             "invalid_request",
@@ -259,34 +337,9 @@ async fn preview(
         )
         .api()
     })?;
-    let sample = body.sample.unwrap_or(SAMPLE).min(MAX_SAMPLE);
     let (compute, unify): (Arc<Compute>, Arc<Unify>) =
         (Arc::clone(&state.compute), Arc::clone(&state.unify));
     let log_dir = state.config.log.dir.clone();
-    let body = off_the_runtime(move || {
-        let started = std::time::Instant::now();
-        let found = match compute.preview(&unify, &log_dir, &body.expr, sample) {
-            Ok(Ok(found)) => found,
-            Ok(Err(e)) => {
-                return Err(ApiError::new(
-                    500,
-                    "internal_error",
-                    format!("the preview failed: {e:#}"),
-                )
-                .api());
-            }
-            Err(e) => {
-                return Err(ApiError::new(400, "invalid_expression", e.error.to_string()).api());
-            }
-        };
-        Ok(json!({
-            "size": found.size,
-            "profiles": found.profiles,
-            "sample": with_ids(&unify, &found.sample),
-            "computed_from": if found.from_state { "state" } else { "log" },
-            "took_ms": started.elapsed().as_millis() as u64,
-        }))
-    })
-    .await?;
+    let body = off_the_runtime(move || preview_body(&compute, &unify, &log_dir, &req)).await?;
     Ok(Json(body))
 }

@@ -15,7 +15,7 @@ const DAY: i64 = 86_400_000;
 /// 2024-05-10T00:00:00Z.
 const T: i64 = 1_715_299_200_000;
 
-const DEFINITIONS: &str = r#"
+pub const DEFINITIONS: &str = r#"
 [compute]
 time_lag_secs = 1
 
@@ -517,7 +517,7 @@ fn metric_of(server: &Server, name: &str) -> Option<u64> {
 }
 
 /// Waits until Compute has caught up with every stored event and written what it derived.
-fn settled(server: &Server) {
+pub fn settled(server: &Server) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let ready = metric_of(server, "junction_compute_ready ") == Some(1);

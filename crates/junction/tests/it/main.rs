@@ -7,6 +7,7 @@ mod bad_input;
 mod browser;
 mod cli;
 mod compute;
+mod compute_cli;
 mod corpus;
 mod crash;
 mod hardening;

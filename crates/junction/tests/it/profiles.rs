@@ -712,21 +712,10 @@ async fn merges_route_explains_the_profile() {
 // ---- `junction profiles` against a running server and a stopped data dir ----
 
 fn cli(args: &[&str], env: &[(&str, String)], cwd: &std::path::Path) -> (bool, String, String) {
-    let out = Command::new(junction_bin())
-        .arg("profiles")
-        .args(args)
-        .env_remove("JUNCTION_LISTEN")
-        .env_remove("JUNCTION_CONFIG")
-        .env_remove("JUNCTION_DATA_DIR")
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .current_dir(cwd)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
+    let args: Vec<&str> = std::iter::once("profiles")
+        .chain(args.iter().copied())
+        .collect();
+    run_junction(&args, env, cwd)
 }
 
 fn cli_json(args: &[&str], env: &[(&str, String)], cwd: &std::path::Path) -> Value {

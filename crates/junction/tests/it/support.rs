@@ -363,6 +363,25 @@ pub fn tail_json(data_dir: &Path, extra: &[&str]) -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// Runs `junction ARGS` in `cwd` with only `env` of the `JUNCTION_*` location variables:
+/// (success, stdout, stderr).
+pub fn run_junction(args: &[&str], env: &[(&str, String)], cwd: &Path) -> (bool, String, String) {
+    let out = Command::new(junction_bin())
+        .args(args)
+        .env_remove("JUNCTION_LISTEN")
+        .env_remove("JUNCTION_CONFIG")
+        .env_remove("JUNCTION_DATA_DIR")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .current_dir(cwd)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
 /// True under CI: a missing external service or tool is then a failure, not a skip.
 pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
