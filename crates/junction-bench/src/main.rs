@@ -2,6 +2,8 @@
 //!
 //! Every subcommand prints human-readable figures, or one JSON object with `--json`.
 
+mod compute;
+mod dataset;
 mod detmath;
 mod events;
 mod fsync;
@@ -38,6 +40,8 @@ enum Command {
     IngestSuite(suite::SuiteArgs),
     /// Run the Unify (identity resolution) benchmarks and print the BENCHMARKS.md table.
     UnifySuite(unify::UnifySuiteArgs),
+    /// Time the DuckDB baseline of the Compute benchmark (audience and trait queries).
+    ComputeBaseline(compute::ComputeBaselineArgs),
     /// Time a plain union-find over a pairs file written by `unify-suite` (its baseline).
     #[command(hide = true)]
     UnifyBaseline(unify::BaselineArgs),
@@ -56,6 +60,7 @@ fn main() {
         Command::UnifySuite(a) => unify::run(a),
         Command::UnifyBaseline(a) => unify::baseline(a),
         Command::UnifyFreshness(a) => unify::freshness(a),
+        Command::ComputeBaseline(a) => compute::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -2,13 +2,12 @@
 //! BENCHMARKS.md (issue 3), and its two helpers `unify-baseline` and `unify-freshness`.
 //!
 //! Contract:
-//! - Data set: `junction-bench generate --events N --seed S` (the Collect generator, unchanged)
-//!   into `<dir>/events-N-sS.jsonl`, loaded once with `junction import` into
-//!   `<dir>/data-N-sS/`; the identifiers of every event (`userId`, `anonymousId`, `traits.email`
-//!   else `context.traits.email`, an alias's `previousId`) are extracted once into
-//!   `<dir>/pairs-N-sS.bin`. All three are kept and reused by later invocations with the same
-//!   `--events`/`--seed` (a `.json` marker next to each says it is complete); `--fresh` redoes
-//!   them. None of this is timed.
+//! - Data set: `<dir>/events-N-sS.jsonl` and its imported data dir `<dir>/data-N-sS/`
+//!   ([`crate::dataset`], shared with `compute-baseline`); the identifiers of every event
+//!   (`userId`, `anonymousId`, `traits.email` else `context.traits.email`, an alias's
+//!   `previousId`) are extracted once into `<dir>/pairs-N-sS.bin`. All three are kept and
+//!   reused by later invocations with the same `--events`/`--seed` (a `.json` marker next to
+//!   each says it is complete); `--fresh` redoes them. None of this is timed.
 //! - Baseline (ceiling): `unify-baseline` (a child process pinned to `--server-cpu`) loads the
 //!   pairs file and times one pass of a plain union-find over it (path compression, union by
 //!   rank, a hash map from identifier bytes to index with an FxHash-style hasher; then the same
@@ -50,6 +49,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 
+use crate::dataset::{self, DataSet, SOURCE};
 use crate::load::client::{self, Target};
 use crate::stats::{Samples, median, round3};
 use crate::suite::{
@@ -58,7 +58,6 @@ use crate::suite::{
 };
 use crate::sysinfo::{self, Machine};
 
-const SOURCE: &str = "bench";
 const WORKSPACE: &str = "bench";
 const ADMIN_TOKEN: &str = "tok_admin_bench";
 /// Profile API tokens, used in turn, so that the per-token rate limit does not throttle the
@@ -275,10 +274,7 @@ pub fn run(args: &UnifySuiteArgs) -> Result<()> {
     let command_line = shell_line(std::env::args());
     let pin =
         !args.no_pin && machine.nproc >= 2 && Command::new("taskset").arg("-V").output().is_ok();
-    let dir = args
-        .dir
-        .clone()
-        .unwrap_or_else(|| std::env::temp_dir().join("junction-bench-unify"));
+    let dir = args.dir.clone().unwrap_or_else(dataset::default_dir);
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = fs::canonicalize(&dir)?;
     // Every step uses this copy, so a rebuild of the original during the suite changes nothing.
@@ -298,8 +294,7 @@ fn run_in(
     dir: &Path,
     junction: &Path,
 ) -> Result<()> {
-    let config = dir.join("junction.toml");
-    fs::write(&config, config_text())?;
+    let config = write_config(dir)?;
     let crate::suite::RunStart {
         loadavg,
         version,
@@ -352,8 +347,16 @@ fn run_in(
             };
             for run in 1..=args.runs {
                 progress(&format!("{} — run {run}/{} ...", v.label(), args.runs));
-                let r = rebuild_run(junction, &config, &data.data_dir, cpus, durable, pin, ticks)
-                    .map_err(|e| format!("{e:#}"));
+                let r = rebuild_run(
+                    junction,
+                    &config,
+                    &data.set.data_dir,
+                    cpus,
+                    durable,
+                    pin,
+                    ticks,
+                )
+                .map_err(|e| format!("{e:#}"));
                 match &r {
                     Ok((f, _)) => progress(&format!(
                         "  {} s, {} events/s, {} merges, {} profiles, peak RSS {} MiB",
@@ -375,7 +378,7 @@ fn run_in(
         .iter()
         .flat_map(|v| v.runs.iter())
         .find_map(|r| r.as_ref().ok().and_then(|(f, _)| get(f, "next_offset")))
-        .map_or(data.imported, |n| n as u64);
+        .map_or(data.set.imported, |n| n as u64);
 
     let server = if args
         .parts
@@ -391,7 +394,7 @@ fn run_in(
             junction,
             config: &config,
             self_exe: &self_exe,
-            data_dir: &data.data_dir,
+            data_dir: &data.set.data_dir,
             log_end,
             pin,
             ticks,
@@ -428,6 +431,14 @@ fn run_in(
     Ok(())
 }
 
+/// Writes the suites' config (source, tokens, default identity rules) to `<dir>/junction.toml`
+/// and returns its path: `compute-baseline` exports with the config the data was imported with.
+pub(crate) fn write_config(dir: &Path) -> Result<PathBuf> {
+    let path = dir.join("junction.toml");
+    fs::write(&path, config_text()).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
 fn config_text() -> String {
     let mut s = format!(
         "version = 1\nworkspace = \"{WORKSPACE}\"\n\n[[sources]]\nname = \"{SOURCE}\"\nwrite_key = \"{WRITE_KEY}\"\n\n[[tokens]]\nname = \"admin\"\nsecret = \"{ADMIN_TOKEN}\"\nscopes = [\"admin\"]\n"
@@ -443,15 +454,11 @@ fn config_text() -> String {
     s
 }
 
-/// The data set, its data dir and its pairs file, ready.
+/// The data set and its data dir ([`dataset::prepare`]), and its pairs file, ready.
 struct Data {
-    events_file: PathBuf,
-    data_dir: PathBuf,
+    set: DataSet,
     pairs: PathBuf,
-    generate: Value,
-    import: Value,
     extract: Value,
-    imported: u64,
 }
 
 fn prepare(
@@ -462,131 +469,32 @@ fn prepare(
     self_exe: &Path,
     progress: &dyn Fn(&str),
 ) -> Result<Data> {
+    let spec = dataset::Spec {
+        dir,
+        events: args.events,
+        seed: args.seed,
+        fresh: args.fresh,
+    };
+    let set = dataset::prepare(&spec, junction, config, self_exe, progress)?;
     let tag = format!("{}-s{}", args.events, args.seed);
-    let events_file = dir.join(format!("events-{tag}.jsonl"));
-    let data_dir = dir.join(format!("data-{tag}"));
     let pairs = dir.join(format!("pairs-{tag}.bin"));
-    let gen_marker = dir.join(format!("events-{tag}.json"));
-    let import_marker = dir.join(format!("data-{tag}.json"));
     let pairs_marker = dir.join(format!("pairs-{tag}.json"));
-    let read_marker = |p: &Path| -> Option<Value> {
-        fs::read_to_string(p)
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-    };
-
-    // A regenerated data set invalidates the data dir and the pairs; each also redoes itself
-    // when its marker is missing.
-    let mut redo = args.fresh;
-    let generate = match read_marker(&gen_marker).filter(|_| !redo) {
-        Some(v) => {
-            progress(&format!("data set: reusing {}", events_file.display()));
-            v
-        }
-        None => {
-            redo = true;
-            let _ = fs::remove_file(&gen_marker);
-            progress(&format!(
-                "data set: generating {} events into {} ...",
-                args.events,
-                events_file.display()
-            ));
-            let mut cmd = Command::new(self_exe);
-            cmd.args(["generate", "--events", &args.events.to_string()])
-                .args(["--seed", &args.seed.to_string(), "--out"])
-                .arg(&events_file)
-                .arg("--json");
-            let v = run_json(cmd)?;
-            fs::write(&gen_marker, v.to_string())?;
-            v
-        }
-    };
-    let identify = generate["types_pct"]["identify"].as_f64().unwrap_or(0.0);
-    let alias = generate["types_pct"]["alias"].as_f64().unwrap_or(0.0);
-    progress(&format!(
-        "  identify {identify}%, alias {alias}%, identified {}%, with email {}%",
-        generate["identified_pct"], generate["email_pct"]
-    ));
-    if identify + alias <= 0.0 {
-        progress("  warning: the data set has no identify or alias events: expect no merges");
-    }
-
-    let import = match read_marker(&import_marker).filter(|_| !redo) {
-        Some(v) => {
-            progress(&format!("data dir: reusing {}", data_dir.display()));
-            v
-        }
-        None => {
-            let _ = fs::remove_file(&import_marker);
-            if data_dir.exists() {
-                fs::remove_dir_all(&data_dir)?;
-            }
-            progress(&format!(
-                "data dir: importing into {} ...",
-                data_dir.display()
-            ));
-            let t = Instant::now();
-            let out = Command::new(junction)
-                .arg("import")
-                .arg(&events_file)
-                .args(["--source", SOURCE, "--config"])
-                .arg(config)
-                .arg("--data-dir")
-                .arg(&data_dir)
-                .stdin(Stdio::null())
-                .output()
-                .context("running junction import")?;
-            let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-            if !out.status.success() {
-                bail!(
-                    "junction import failed ({}): {}{}",
-                    out.status,
-                    stdout,
-                    String::from_utf8_lossy(&out.stderr)
-                );
-            }
-            let count = |key: &str| {
-                stdout.lines().find_map(|l| {
-                    l.trim()
-                        .strip_prefix(key)
-                        .and_then(|r| r.trim().parse::<u64>().ok())
-                })
-            };
-            let v = json!({
-                "seconds": round3(t.elapsed().as_secs_f64()),
-                "imported": count("imported:"),
-                "duplicates": count("duplicates:"),
-                "rejected": count("rejected:"),
-                "log_dir": sysinfo::disk_usage(&data_dir.join("log")).apparent_bytes,
-            });
-            fs::write(&import_marker, v.to_string())?;
-            v
-        }
-    };
-    let imported = import["imported"].as_u64().unwrap_or(args.events);
-    progress(&format!(
-        "  {imported} events in the log ({} rejected, {} duplicates)",
-        import["rejected"], import["duplicates"]
-    ));
-
-    let extract = match read_marker(&pairs_marker).filter(|_| !redo) {
+    // A regenerated data set invalidates the pairs, which also redo themselves when their
+    // marker is missing.
+    let extract = match dataset::read_marker(&pairs_marker).filter(|_| !set.regenerated) {
         Some(v) => v,
         None => {
             let _ = fs::remove_file(&pairs_marker);
             progress("pairs: extracting identifiers from the data set ...");
-            let v = extract_pairs(&events_file, &pairs)?;
+            let v = extract_pairs(&set.events_file, &pairs)?;
             fs::write(&pairs_marker, v.to_string())?;
             v
         }
     };
     Ok(Data {
-        events_file,
-        data_dir,
+        set,
         pairs,
-        generate,
-        import,
         extract,
-        imported,
     })
 }
 
@@ -2039,7 +1947,7 @@ fn verdict(pass: Option<bool>) -> &'static str {
 
 impl Report<'_> {
     fn scale(&self) -> f64 {
-        self.data.imported as f64 / 10_000_000.0
+        self.data.set.imported as f64 / 10_000_000.0
     }
 
     fn target_seconds(&self, durable: bool) -> f64 {
@@ -2072,7 +1980,7 @@ impl Report<'_> {
                 .filter(|v| !v.is_empty())
                 .unwrap_or("(no --version output)")
         );
-        let g = &self.data.generate;
+        let g = &self.data.set.generate;
         let _ = writeln!(
             md,
             "- Data set: `junction-bench generate --events {} --seed {}` ({} users, Zipf s = {}, avg {} B/event; identify {}%, alias {}%, identified {}%, with email {}%), imported with `junction import` into a data dir ({} events in the log, {} MB of log)",
@@ -2085,8 +1993,8 @@ impl Report<'_> {
             g["types_pct"]["alias"],
             g["identified_pct"],
             g["email_pct"],
-            group_thousands(self.data.imported as i64),
-            fmt_num(self.data.import["log_dir"].as_f64().map(|b| b / 1e6), 0),
+            group_thousands(self.data.set.imported as i64),
+            fmt_num(self.data.set.import["log_dir"].as_f64().map(|b| b / 1e6), 0),
         );
         let e = &self.data.extract;
         let _ = writeln!(
@@ -2203,7 +2111,7 @@ impl Report<'_> {
                 fmt_num(gm("reader_cpu_s"), 2),
                 fmt_num(gm("other_cpu_s"), 2),
                 fmt_num(Some(target_s), 1),
-                fmt_num(Some(self.data.imported as f64 / target_s), 0),
+                fmt_num(Some(self.data.set.imported as f64 / target_s), 0),
                 if m.is_empty() { "n/a" } else { verdict(pass) },
             );
         }
@@ -2508,10 +2416,10 @@ impl Report<'_> {
             "loadavg_at_start": self.loadavg,
             "pinned": self.pin,
             "data": {
-                "events_file": self.data.events_file,
-                "data_dir": self.data.data_dir,
-                "generate": self.data.generate,
-                "import": self.data.import,
+                "events_file": self.data.set.events_file,
+                "data_dir": self.data.set.data_dir,
+                "generate": self.data.set.generate,
+                "import": self.data.set.import,
                 "extract": self.data.extract,
             },
             "baseline": match self.baseline {

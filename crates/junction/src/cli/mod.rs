@@ -2,6 +2,7 @@
 
 pub mod backend;
 pub mod compute;
+pub mod export;
 pub mod import;
 pub mod profiles;
 pub mod rebuild;
@@ -94,6 +95,19 @@ pub enum Command {
         #[command(subcommand)]
         command: compute::TraitsCommand,
     },
+    /// Benchmark baseline only: write every event a profile owns, with the profile's id, as
+    /// CSV (`profile_id,timestamp_ms,type,event,revenue`).
+    #[command(hide = true)]
+    BenchExportEvents {
+        #[command(flatten)]
+        location: Location,
+        /// The CSV file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// Print the summary as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -156,5 +170,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             };
             rebuild::run(&location.overrides(None), in_memory, json, as_of)
         }
+        Command::BenchExportEvents {
+            location,
+            out,
+            json,
+        } => export::run(&location.overrides(None), &out, json),
     }
 }

@@ -58,13 +58,7 @@ pub fn run(
     as_of: Option<i64>,
 ) -> anyhow::Result<()> {
     let config = crate::config::load(overrides)?;
-    // Holding the log's lock keeps a server from starting meanwhile.
-    let (log, _) = Log::open(config.log.clone()).with_context(|| {
-        format!(
-            "cannot open the event log in {} (is a server running on this data dir? stop it first)",
-            config.data_dir.display()
-        )
-    })?;
+    let log = lock_log(&config)?;
     let summary = rebuild(&config, log.dir(), in_memory, as_of)?;
     log.shutdown();
     if json {
@@ -105,6 +99,18 @@ pub fn run(
     Ok(())
 }
 
+/// Opens the data dir's log for a one-shot pass over it: holding the log's lock keeps a
+/// server from starting meanwhile, and fails while one runs.
+pub fn lock_log(config: &crate::config::Config) -> anyhow::Result<Log> {
+    let (log, _) = Log::open(config.log.clone()).with_context(|| {
+        format!(
+            "cannot open the event log in {} (is a server running on this data dir? stop it first)",
+            config.data_dir.display()
+        )
+    })?;
+    Ok(log)
+}
+
 /// Recomputes the state from `log_dir`; writes it under `data_dir/state` unless `in_memory`.
 /// Computed traits and audiences are evaluated as of `as_of` (default: now).
 pub fn rebuild(
@@ -116,16 +122,7 @@ pub fn rebuild(
     let data_dir = &config.data_dir;
     let rules = config.identity.clone();
     let started = Instant::now();
-    let bar =
-        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} {pos} events applied ({per_sec}) {elapsed}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-    );
-    let (graph, next) = processor::replay(log_dir, rules, &mut |_, count| bar.set_position(count))?;
-    bar.finish_and_clear();
+    let (graph, next) = replay(log_dir, rules)?;
     let mut state_bytes = 0;
     if !in_memory {
         let target = data_dir.join("state");
@@ -206,6 +203,25 @@ fn compute_history(
         audiences,
         computed_traits,
     }))
+}
+
+/// Replays `log_dir` into an untracked in-memory graph ([`processor::replay`]), showing
+/// progress on a terminal; returns the graph and the next offset to apply.
+pub fn replay(
+    log_dir: &Path,
+    rules: junction_core::identity::Rules,
+) -> anyhow::Result<(junction_core::identity::Graph, u64)> {
+    let bar =
+        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} {pos} events applied ({per_sec}) {elapsed}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    let replayed = processor::replay(log_dir, rules, &mut |_, count| bar.set_position(count));
+    bar.finish_and_clear();
+    replayed
 }
 
 /// The process's peak resident set (VmHWM), 0 where unknown.

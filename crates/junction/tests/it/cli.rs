@@ -1,4 +1,5 @@
-//! `junction import` and `junction events tail`, run as the binary.
+//! `junction import`, `junction events tail` and the hidden `junction bench-export-events`,
+//! run as the binary.
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -300,4 +301,71 @@ fn import_shows_progress_on_a_tty_only() {
         all.contains("imported: 100") && !all.contains("eta"),
         "{all}"
     );
+}
+
+#[test]
+fn bench_export_events_writes_each_owned_event_with_its_merged_profile() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _) = write_config(dir.path());
+    let file = dir.path().join("events.jsonl");
+    let at = |s: u32| format!("2026-01-01T00:00:{s:02}.000Z");
+    let lines = [
+        // Two profiles (anonymous, then a user) that the identify merges.
+        json!({"type": "track", "anonymousId": "a1", "event": "Product Viewed", "properties": {"revenue": "12"}, "timestamp": at(1)}),
+        json!({"type": "track", "userId": "u1", "event": "Order Completed", "properties": {"revenue": 20.5}, "timestamp": at(2)}),
+        json!({"type": "identify", "userId": "u1", "anonymousId": "a1", "timestamp": at(3)}),
+        // Another person.
+        json!({"type": "track", "anonymousId": "a2", "event": "Clicked, then \"left\"", "properties": {"revenue": 3}, "timestamp": at(4)}),
+        json!({"type": "page", "anonymousId": "a2", "name": "Home", "properties": {"revenue": null}, "timestamp": at(5)}),
+    ];
+    let text: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    std::fs::write(&file, text.join("\n")).unwrap();
+    assert!(import(&config, &file, "web").status.success());
+
+    let csv = dir.path().join("events.csv");
+    let out = Command::new(junction_bin())
+        .args(["bench-export-events", "--json", "--config"])
+        .arg(&config)
+        .arg("--out")
+        .arg(&csv)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {stderr}"));
+    assert_eq!(summary["rows"], 5, "{summary}");
+    assert_eq!(summary["unowned"], 0, "{summary}");
+    assert_eq!(summary["profiles"], 2, "{summary}");
+    let t0 = 1_767_225_600_000i64; // 2026-01-01T00:00:00Z
+    assert_eq!(summary["max_timestamp_ms"], t0 + 5000, "{summary}");
+
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let rows: Vec<&str> = text.lines().collect();
+    assert_eq!(rows[0], "profile_id,timestamp_ms,type,event,revenue");
+    let ids: Vec<&str> = rows[1..]
+        .iter()
+        .map(|r| r.split(',').next().unwrap())
+        .collect();
+    let (merged, other) = (ids[0], ids[3]);
+    assert_eq!(&ids[..], [merged, merged, merged, other, other], "{text}");
+    assert_ne!(merged, other);
+    let rest: Vec<String> = rows[1..]
+        .iter()
+        .map(|r| r.split_once(',').unwrap().1.to_string())
+        .collect();
+    assert_eq!(
+        rest,
+        [
+            format!("{},track,Product Viewed,", t0 + 1000),
+            format!("{},track,Order Completed,20.5", t0 + 2000),
+            format!("{},identify,,", t0 + 3000),
+            format!("{},track,\"Clicked, then \"\"left\"\"\",3", t0 + 4000),
+            format!("{},page,,", t0 + 5000),
+        ],
+        "{text}"
+    );
+    // The help does not list it.
+    let help = Command::new(junction_bin()).arg("--help").output().unwrap();
+    assert!(!String::from_utf8_lossy(&help.stdout).contains("bench-export-events"));
 }
