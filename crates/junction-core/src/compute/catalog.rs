@@ -8,7 +8,8 @@
 //!   are evaluated in dependency order.
 //! - A [`ProfileState`] holds one entry per aggregate that some event of the profile matched:
 //!   without `within` a [`Fold`] (constant size per function), with `within` the matching
-//!   events still inside the window (timestamp and value), folded when evaluated.
+//!   events still inside the window (timestamp and value) and their running fold, refolded
+//!   only when an event has left the window (evaluation is O(1) otherwise).
 //! - [`Catalog::observe`] adds an event, [`Catalog::absorb`] combines the states of two
 //!   merged profiles, [`Catalog::prune`] drops events that have left their windows. For any
 //!   events, order of arrival, merge order and pruning, [`Catalog::evaluate`] equals the
@@ -276,7 +277,8 @@ impl Catalog {
             let at = (ev.timestamp_ms, ev.offset);
             match state.slot(i, spec) {
                 Slot::Fold(f) => f.add(at, &value),
-                Slot::Window(entries) => {
+                Slot::Window { entries, fold } => {
+                    fold.add(at, &value);
                     let pos = entries.partition_point(|(s, _)| *s < at);
                     entries.insert(pos, (at, value));
                 }
@@ -290,9 +292,16 @@ impl Catalog {
             let spec = &self.aggs[i as usize];
             match (state.slot(i as usize, spec), slot) {
                 (Slot::Fold(a), Slot::Fold(b)) => a.merge(b),
-                (Slot::Window(a), Slot::Window(b)) => {
-                    a.extend(b);
-                    a.sort_by_key(|(s, _)| *s);
+                (
+                    Slot::Window { entries, fold },
+                    Slot::Window {
+                        entries: more,
+                        fold: theirs,
+                    },
+                ) => {
+                    entries.extend(more);
+                    entries.sort_by_key(|(s, _)| *s);
+                    fold.merge(theirs);
                 }
                 _ => unreachable!("an aggregate's slot kind follows its spec"),
             }
@@ -302,10 +311,13 @@ impl Catalog {
     /// Drops window entries that have left their window at `now_ms`.
     pub fn prune(&self, state: &mut ProfileState, now_ms: i64) {
         state.slots.retain_mut(|(i, slot)| match slot {
-            Slot::Window(entries) => {
+            Slot::Window { entries, fold } => {
                 let spec = &self.aggs[*i as usize];
                 let gone = entries.partition_point(|(s, _)| !spec.in_window(s.0, now_ms));
-                entries.drain(..gone);
+                if gone > 0 {
+                    entries.drain(..gone);
+                    *fold = fold_of(spec, entries);
+                }
                 !entries.is_empty()
             }
             Slot::Fold(_) => true,
@@ -319,7 +331,7 @@ impl Catalog {
             .slots
             .iter()
             .filter_map(|(i, slot)| match slot {
-                Slot::Window(entries) => {
+                Slot::Window { entries, .. } => {
                     let within = self.aggs[*i as usize].within_ms?;
                     entries
                         .first()
@@ -330,22 +342,25 @@ impl Catalog {
             .min()
     }
 
-    /// The value of aggregate `i` for `state` at `now_ms`.
+    /// The value of aggregate `i` for `state` at `now_ms`: a window's running fold while its
+    /// oldest entry is still inside (then all are), else a fold of the entries still inside.
     fn agg_value(&self, state: &ProfileState, i: usize, now_ms: i64) -> Value {
         let spec = &self.aggs[i];
-        let mut fold = Fold::new(spec.func);
         match state.get(i) {
-            Some(Slot::Fold(f)) => return f.finish(spec.func),
-            Some(Slot::Window(entries)) => {
-                for (at, v) in entries {
-                    if spec.in_window(at.0, now_ms) {
-                        fold.add(*at, v);
-                    }
+            Some(Slot::Fold(f)) => f.finish(spec.func),
+            Some(Slot::Window { entries, fold }) => {
+                let oldest_inside = entries
+                    .first()
+                    .is_none_or(|(at, _)| spec.in_window(at.0, now_ms));
+                if oldest_inside {
+                    fold.finish(spec.func)
+                } else {
+                    let inside = entries.partition_point(|(s, _)| !spec.in_window(s.0, now_ms));
+                    fold_of(spec, &entries[inside..]).finish(spec.func)
                 }
             }
-            None => {}
+            None => Fold::new(spec.func).finish(spec.func),
         }
-        fold.finish(spec.func)
     }
 
     /// The value of every definition (in definition order) for a profile with these
@@ -497,8 +512,21 @@ pub struct ProfileState {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Slot {
     Fold(Fold),
-    /// Matching events inside the window, by (timestamp, offset).
-    Window(Vec<(Stamp, Value)>),
+    /// Matching events inside the window as of the last prune, by (timestamp, offset), and
+    /// the fold of exactly those entries (so evaluating while none has aged out is O(1)).
+    Window {
+        entries: Vec<(Stamp, Value)>,
+        fold: Fold,
+    },
+}
+
+/// The fold of `entries` for `spec`'s function.
+fn fold_of(spec: &AggSpec, entries: &[(Stamp, Value)]) -> Fold {
+    let mut fold = Fold::new(spec.func);
+    for (at, v) in entries {
+        fold.add(*at, v);
+    }
+    fold
 }
 
 impl ProfileState {
@@ -514,7 +542,10 @@ impl ProfileState {
             Ok(p) => p,
             Err(p) => {
                 let slot = match spec.within_ms {
-                    Some(_) => Slot::Window(Vec::new()),
+                    Some(_) => Slot::Window {
+                        entries: Vec::new(),
+                        fold: Fold::new(spec.func),
+                    },
                     None => Slot::Fold(Fold::new(spec.func)),
                 };
                 self.slots.insert(p, (i as u32, slot));

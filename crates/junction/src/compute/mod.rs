@@ -371,6 +371,9 @@ impl Compute {
         outbox: Option<&mut Outbox>,
     ) {
         let catalog = &*self.catalog;
+        // Events that left their windows go first: evaluation then reads running folds.
+        let mut state = state;
+        catalog.prune(&mut state, now);
         let results = catalog.evaluate(&state, &ProfileTraits(profile), now);
         if let Some(t) = catalog.next_expiry(&state) {
             profiles.expiries.push(Reverse((t, id)));

@@ -731,3 +731,17 @@ fn the_readme_definitions_compile() {
     let config = junction::config::build(Some(file), &Default::default()).unwrap();
     assert_eq!(config.definitions.catalog.definitions().len(), 2);
 }
+
+/// The Compute benchmark's 40 definitions are valid.
+#[test]
+fn the_benchmark_definitions_compile() {
+    let defs = include_str!("../../../junction-bench/configs/compute-40-definitions.toml");
+    let dir = tempfile::tempdir().unwrap();
+    let file = junction::config::parse_file(
+        &config_text(dir.path(), defs),
+        std::path::Path::new("bench.toml"),
+    )
+    .unwrap();
+    let config = junction::config::build(Some(file), &Default::default()).unwrap();
+    assert_eq!(config.definitions.catalog.definitions().len(), 40);
+}
