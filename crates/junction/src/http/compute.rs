@@ -42,11 +42,23 @@ const MAX_SAMPLE: usize = 100;
 
 pub fn routes() -> axum::Router<SharedState> {
     axum::Router::new()
-        .route("/api/v1/computed-traits", get(list_traits))
-        .route("/api/v1/computed-traits/{key}", get(get_trait))
-        .route("/api/v1/audiences", get(list_audiences))
+        .route(
+            "/api/v1/computed-traits",
+            get(|State(s), h| list(s, h, DefKind::ComputedTrait)),
+        )
+        .route(
+            "/api/v1/computed-traits/{key}",
+            get(|State(s), h, Path(k)| get_one(s, h, k, DefKind::ComputedTrait)),
+        )
+        .route(
+            "/api/v1/audiences",
+            get(|State(s), h| list(s, h, DefKind::Audience)),
+        )
         .route("/api/v1/audiences/preview", post(preview))
-        .route("/api/v1/audiences/{key}", get(get_audience))
+        .route(
+            "/api/v1/audiences/{key}",
+            get(|State(s), h, Path(k)| get_one(s, h, k, DefKind::Audience)),
+        )
         .route("/api/v1/audiences/{key}/members", get(members))
         .route("/api/v1/audiences/{key}/size-history", get(size_history))
 }
@@ -250,55 +262,29 @@ pub fn preview_body(
 
 // ---- The handlers ----
 
-async fn list_traits(
-    State(state): State<SharedState>,
+/// `GET` of every definition of `kind`.
+async fn list(
+    state: SharedState,
     headers: HeaderMap,
+    kind: DefKind,
 ) -> Result<Json<Value>, ApiError> {
     state.require_scope(&headers, SCOPE)?;
-    let body = list_body(
+    Ok(Json(list_body(
         &state.compute,
         &state.config.definitions,
-        DefKind::ComputedTrait,
-    );
-    Ok(Json(body))
+        kind,
+    )))
 }
 
-async fn list_audiences(
-    State(state): State<SharedState>,
+/// `GET` of the definition of `kind` named `key`.
+async fn get_one(
+    state: SharedState,
     headers: HeaderMap,
+    key: String,
+    kind: DefKind,
 ) -> Result<Json<Value>, ApiError> {
     state.require_scope(&headers, SCOPE)?;
-    let body = list_body(&state.compute, &state.config.definitions, DefKind::Audience);
-    Ok(Json(body))
-}
-
-async fn get_trait(
-    State(state): State<SharedState>,
-    headers: HeaderMap,
-    Path(key): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    state.require_scope(&headers, SCOPE)?;
-    let body = definition_body(
-        &state.compute,
-        &state.config.definitions,
-        DefKind::ComputedTrait,
-        &key,
-    )?;
-    Ok(Json(body))
-}
-
-async fn get_audience(
-    State(state): State<SharedState>,
-    headers: HeaderMap,
-    Path(key): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    state.require_scope(&headers, SCOPE)?;
-    let body = definition_body(
-        &state.compute,
-        &state.config.definitions,
-        DefKind::Audience,
-        &key,
-    )?;
+    let body = definition_body(&state.compute, &state.config.definitions, kind, &key)?;
     Ok(Json(body))
 }
 

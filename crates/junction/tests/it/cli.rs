@@ -16,16 +16,6 @@ fn write_config(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBu
     (config, data)
 }
 
-fn import(config: &std::path::Path, file: &std::path::Path, source: &str) -> std::process::Output {
-    Command::new(junction_bin())
-        .arg("import")
-        .arg(file)
-        .args(["--source", source, "--config"])
-        .arg(config)
-        .output()
-        .unwrap()
-}
-
 fn history_lines() -> String {
     [
         json!({"type": "identify", "userId": "u1", "traits": {"email": "a@b.c"}, "messageId": "h1", "timestamp": "2023-01-01T00:00:00.000Z", "receivedAt": "2023-01-01T00:00:01.000Z"}).to_string(),

@@ -556,12 +556,7 @@ fn kill_9_mid_history_and_mid_stream_writes_each_entry_once() {
         }
     }
     std::fs::write(&history, lines).unwrap();
-    let out = std::process::Command::new(junction_bin())
-        .args(["import", "--source", "web", "--config"])
-        .arg(&config)
-        .arg(&history)
-        .output()
-        .unwrap();
+    let out = import(&config, &history, "web");
     assert!(
         out.status.success(),
         "{}",
@@ -655,12 +650,7 @@ fn rebuild_computes_traits_and_audiences_as_of_a_time() {
     ];
     let text: Vec<String> = lines.iter().map(Value::to_string).collect();
     std::fs::write(&history, text.join("\n")).unwrap();
-    let out = std::process::Command::new(junction_bin())
-        .args(["import", "--source", "web", "--config"])
-        .arg(&config)
-        .arg(&history)
-        .output()
-        .unwrap();
+    let out = import(&config, &history, "web");
     assert!(
         out.status.success(),
         "{}",

@@ -365,6 +365,17 @@ pub fn tail_json(data_dir: &Path, extra: &[&str]) -> Vec<serde_json::Value> {
 
 /// Runs `junction ARGS` in `cwd` with only `env` of the `JUNCTION_*` location variables:
 /// (success, stdout, stderr).
+/// `junction import FILE --source SOURCE --config CONFIG`.
+pub fn import(config: &Path, file: &Path, source: &str) -> std::process::Output {
+    Command::new(junction_bin())
+        .arg("import")
+        .arg(file)
+        .args(["--source", source, "--config"])
+        .arg(config)
+        .output()
+        .unwrap()
+}
+
 pub fn run_junction(args: &[&str], env: &[(&str, String)], cwd: &Path) -> (bool, String, String) {
     let out = Command::new(junction_bin())
         .args(args)
