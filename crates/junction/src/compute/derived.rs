@@ -87,8 +87,8 @@ fn identifiers(profile: &Profile) -> Option<Map<String, serde_json::Value>> {
     (!ids.is_empty()).then_some(ids)
 }
 
-/// The events that bring the log from `emitted` to `results` for `profile`, and updates
-/// `emitted` to match what they say (the first of them to be written at log position `at`,
+/// The events that bring the log from `emitted` to `results` for `profile` (with how to undo
+/// the change), and updates `emitted` to match what they say (the first of them to be written at log position `at`,
 /// the others after it in order). Audiences are written as they change; computed traits
 /// are written once they have a value.
 pub fn diff(
@@ -99,7 +99,7 @@ pub fn diff(
     emitted: &mut Emitted,
     now_ms: i64,
     at: u64,
-) -> Vec<serde_json::Value> {
+) -> (Vec<serde_json::Value>, Undo) {
     let mut events = Vec::new();
     let mut traits = Map::new();
     // (definition, new value, index of the event that writes it).
@@ -142,10 +142,10 @@ pub fn diff(
         }));
     }
     if events.is_empty() {
-        return events;
+        return (events, Undo::new());
     }
     let Some(ids) = identifiers(profile) else {
-        return Vec::new();
+        return (Vec::new(), Undo::new());
     };
     let timestamp = junction_core::timestamp::format(now_ms);
     for e in &mut events {
@@ -153,8 +153,14 @@ pub fn diff(
         obj.extend(ids.clone());
         obj.insert("timestamp".into(), timestamp.clone().into());
     }
+    let mut undo = Undo::new();
     for (i, v, index) in changed {
-        emitted[i] = (v, at + index.min(identify_at));
+        let old = std::mem::replace(&mut emitted[i], (v, at + index.min(identify_at)));
+        undo.push((i, old));
     }
-    events
+    (events, undo)
 }
+
+/// What [`diff`] changed in `emitted`: (definition, previous entry), to put back when the
+/// events could not be written.
+pub type Undo = Vec<(usize, (Value, u64))>;

@@ -165,9 +165,11 @@ impl Compute {
                 tracing::warn!(error = %e, events = events.len(), "compute cannot write derived events; retrying");
                 self.derived_errors.fetch_add(1, Ordering::Relaxed);
                 let mut profiles = self.write();
-                for (id, before, _) in outbox.profiles {
+                for (id, undo, _) in outbox.profiles {
                     if let Some(entry) = profiles.entries.get_mut(&id) {
-                        entry.emitted = before;
+                        for (i, old) in undo {
+                            entry.emitted[i] = old;
+                        }
                     }
                     profiles.retry.push(id);
                 }

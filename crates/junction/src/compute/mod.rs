@@ -88,11 +88,11 @@ struct Entry {
     emitted: Emitted,
 }
 
-/// Derived events to write, in order: per profile, what `emitted` was before them, and the
-/// events.
+/// Derived events to write, in order: per profile, how to put `emitted` back if they cannot
+/// be written, and the events.
 #[derive(Default)]
 pub struct Outbox {
-    profiles: Vec<(ProfileId, Emitted, Vec<serde_json::Value>)>,
+    profiles: Vec<(ProfileId, derived::Undo, Vec<serde_json::Value>)>,
     /// Events in `profiles`: the position in the log (after the round's start) of the next.
     events: u64,
 }
@@ -290,13 +290,12 @@ impl Compute {
         Self::count_members(profiles, &results, 1);
         let mut emitted = emitted.unwrap_or(old_emitted);
         if let (Some(outbox), Some(p)) = (outbox, profile) {
-            let before = emitted.clone();
             let names = |key: &str| self.names.get(key).cloned().unwrap_or_else(|| key.into());
             let at = self.log_end.load(Ordering::Acquire) + outbox.events;
-            let events = derived::diff(catalog, &names, p, &results, &mut emitted, now, at);
+            let (events, undo) = derived::diff(catalog, &names, p, &results, &mut emitted, now, at);
             if !events.is_empty() {
                 outbox.events += events.len() as u64;
-                outbox.profiles.push((id, before, events));
+                outbox.profiles.push((id, undo, events));
             }
         }
         let changed_ms = if old_results == results {
