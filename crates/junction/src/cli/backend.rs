@@ -146,12 +146,7 @@ impl Backend {
     }
 
     fn offline(config: Config, lock: File) -> anyhow::Result<Backend> {
-        let bar =
-            indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{spinner} applying the event log: {msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-        );
+        let bar = super::progress(None, "{spinner} applying the event log: {msg}");
         let unify = crate::unify::processor::open_and_catch_up(
             &config.data_dir,
             config.identity.clone(),

@@ -122,15 +122,9 @@ pub fn export(
         seconds: 0.0,
     };
     writeln!(w, "{HEADER}")?;
-    let bar = indicatif::ProgressBar::with_draw_target(
+    let bar = super::progress(
         Some(next),
-        indicatif::ProgressDrawTarget::stderr(),
-    );
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:40} {pos}/{len} events exported ({per_sec}) eta {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        "{bar:40} {pos}/{len} events exported ({per_sec}) eta {eta}",
     );
     let mut reader = LogReader::open(log_dir, 0)
         .with_context(|| format!("cannot open the event log in {}", log_dir.display()))?;

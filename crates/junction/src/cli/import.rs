@@ -64,15 +64,9 @@ pub fn run(file: &Path, source: &str, overrides: &Overrides) -> anyhow::Result<(
 
     let f = std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let bar = indicatif::ProgressBar::with_draw_target(
+    let bar = super::progress(
         Some(len),
-        indicatif::ProgressDrawTarget::stderr(),
-    );
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        "{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
     );
     let counted = Counting {
         inner: f,

@@ -177,3 +177,16 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         } => export::run(&location.overrides(None), &out, json),
     }
 }
+
+/// A progress bar on stderr (drawn only on a terminal): a bar of `len` units, or a spinner
+/// without one, in the indicatif `template`.
+pub fn progress(len: Option<u64>, template: &str) -> indicatif::ProgressBar {
+    let bar =
+        indicatif::ProgressBar::with_draw_target(len, indicatif::ProgressDrawTarget::stderr());
+    let fallback = match len {
+        Some(_) => indicatif::ProgressStyle::default_bar(),
+        None => indicatif::ProgressStyle::default_spinner(),
+    };
+    bar.set_style(indicatif::ProgressStyle::with_template(template).unwrap_or(fallback));
+    bar
+}

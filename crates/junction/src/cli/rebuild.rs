@@ -211,14 +211,7 @@ pub fn replay(
     log_dir: &Path,
     rules: junction_core::identity::Rules,
 ) -> anyhow::Result<(junction_core::identity::Graph, u64)> {
-    let bar =
-        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} {pos} events applied ({per_sec}) {elapsed}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-    );
+    let bar = super::progress(None, "{spinner} {pos} events applied ({per_sec}) {elapsed}");
     let replayed = processor::replay(log_dir, rules, &mut |_, count| bar.set_position(count));
     bar.finish_and_clear();
     replayed
