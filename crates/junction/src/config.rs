@@ -22,7 +22,7 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8088";
 const DEV_CREDENTIALS_FILE: &str = "dev-credentials.json";
 
 /// Scopes a token may carry. `admin` implies every other one.
-pub const SCOPES: &[&str] = &["admin", "events:read", "profiles:read"];
+pub const SCOPES: &[&str] = &["admin", "events:read", "profiles:read", "compute:write"];
 
 /// The file as written by the user.
 #[derive(Debug, Default, Deserialize)]
@@ -60,6 +60,8 @@ pub struct ComputedTraitConfig {
     pub expr: String,
     #[serde(default)]
     pub description: String,
+    #[serde(skip)]
+    pub managed_by: ManagedBy,
 }
 
 /// `[[audiences]]`: the profiles for which `expr` is true.
@@ -72,6 +74,26 @@ pub struct AudienceConfig {
     pub expr: String,
     #[serde(default)]
     pub description: String,
+    #[serde(skip)]
+    pub managed_by: ManagedBy,
+}
+
+/// Where a definition is changed: in the config file (read-only through the API), or through
+/// the management API (kept in the data dir, see `compute::registry`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ManagedBy {
+    #[default]
+    Config,
+    Api,
+}
+
+impl ManagedBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ManagedBy::Config => "config",
+            ManagedBy::Api => "api",
+        }
+    }
 }
 
 /// `[compute]`: computed traits and audiences.
@@ -83,7 +105,7 @@ pub struct ComputeSection {
     pub time_lag_secs: Option<u64>,
 }
 
-/// The definitions of the config file, checked together.
+/// The definitions of the config file and of the management API, checked together.
 #[derive(Clone, Debug, Default)]
 pub struct Definitions {
     pub computed_traits: Vec<ComputedTraitConfig>,
@@ -127,6 +149,27 @@ impl Definitions {
             computed_traits: Vec::new(),
             audiences: Vec::new(),
             catalog,
+        }
+    }
+
+    /// Who manages the definition of `kind` named `key` (`None`: there is none).
+    pub fn managed_by(
+        &self,
+        kind: junction_core::compute::DefKind,
+        key: &str,
+    ) -> Option<ManagedBy> {
+        use junction_core::compute::DefKind;
+        match kind {
+            DefKind::ComputedTrait => self
+                .computed_traits
+                .iter()
+                .find(|t| t.key == key)
+                .map(|t| t.managed_by),
+            DefKind::Audience => self
+                .audiences
+                .iter()
+                .find(|a| a.key == key)
+                .map(|a| a.managed_by),
         }
     }
 
@@ -408,8 +451,8 @@ pub fn build(file: Option<FileConfig>, overrides: &Overrides) -> anyhow::Result<
         bail!("[profiles] rate_limit_per_sec must be at least 1");
     }
 
-    let definitions = Definitions::new(file.computed_traits, file.audiences)
-        .map_err(|e| anyhow::anyhow!("invalid config: {e}"))?;
+    let definitions =
+        crate::compute::registry::load(&data_dir, file.computed_traits, file.audiences)?;
     let compute_time_lag = Duration::from_secs(file.compute.time_lag_secs.unwrap_or(60));
     if compute_time_lag.is_zero() {
         bail!("[compute] time_lag_secs must be at least 1");

@@ -10,7 +10,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 
 use crate::clock::{Clock, SystemClock};
-use crate::compute::{self, Compute};
+use crate::compute::registry::Registry;
 use crate::config::Config;
 use crate::http::{self, AppState, SharedState};
 use crate::ingest::{Ingestor, secs};
@@ -51,16 +51,11 @@ pub fn open_state(
         ingestor.log().clone(),
         config.commit_interval,
     );
-    let compute = Arc::new(Compute::new(
-        &config.definitions,
+    let compute = Registry::start(
+        &config,
         clock.clone(),
-        config.compute_time_lag,
-    ));
-    let compute_worker = compute::spawn(
-        Arc::clone(&compute),
         Arc::clone(&unify),
         Arc::clone(&ingestor),
-        config.limits.clone(),
     );
     let sources: HashMap<String, String> = config
         .sources
@@ -78,7 +73,6 @@ pub fn open_state(
         unify,
         processor,
         compute,
-        compute_worker,
         config,
     }))
 }
@@ -126,7 +120,7 @@ pub async fn run(config: Config, options: Options) -> anyhow::Result<()> {
     tokio::task::block_in_place(|| {
         log.shutdown();
         state.processor.stop();
-        state.compute_worker.stop();
+        state.compute.stop();
     });
     state
         .ingestor

@@ -22,6 +22,7 @@ use serde_json::Value;
 
 use super::Location;
 use crate::compute::Compute;
+use crate::compute::registry::Snapshot;
 use crate::config::Config;
 use crate::http::error::ApiError;
 use crate::unify::Unify;
@@ -77,7 +78,8 @@ impl From<ApiError> for ApiFailure {
 pub struct Offline {
     pub config: Config,
     pub unify: Unify,
-    pub compute: Compute,
+    /// Every definition (config file and API), computed here.
+    pub compute: Snapshot,
     /// The log's lock, held so that no server starts while the state is written.
     _lock: File,
 }
@@ -163,6 +165,10 @@ impl Backend {
         );
         crate::compute::compute_offline(&compute, &unify, &config.log.dir)
             .with_context(|| format!("cannot compute traits in {}", config.data_dir.display()))?;
+        let compute = Snapshot::of(
+            std::sync::Arc::new(config.definitions.clone()),
+            std::sync::Arc::new(compute),
+        );
         bar.finish_and_clear();
         Ok(Backend::Offline(Box::new(Offline {
             config,

@@ -124,7 +124,7 @@ fn print_json(v: &Value) -> anyhow::Result<()> {
 fn list(kind: DefKind, output: &Output) -> anyhow::Result<()> {
     let backend = open(output)?;
     let body = backend.call(Request::Get(route(kind).into()), |o| {
-        Ok(api::list_body(&o.compute, &o.config.definitions, kind))
+        Ok(api::list_body(&o.compute, kind))
     })??;
     let data = body["data"].as_array().cloned().unwrap_or_default();
     if output.json {
@@ -138,7 +138,7 @@ fn get(kind: DefKind, args: &GetArgs) -> anyhow::Result<()> {
     let backend = open(&args.output)?;
     let url = format!("{}/{}", route(kind), encode_segment(&args.key));
     let body = backend.call(Request::Get(url.clone()), |o| {
-        api::definition_body(&o.compute, &o.config.definitions, kind, &args.key)
+        api::definition_body(&o.compute, kind, &args.key)
     })??;
     if args.output.json {
         return print_json(&body);
@@ -227,7 +227,7 @@ fn preview(args: &PreviewArgs) -> anyhow::Result<()> {
     };
     let url = "/api/v1/audiences/preview".to_string();
     let mut body = match backend.call(Request::Post(url, serde_json::to_value(&req)?), |o| {
-        api::preview_body(&o.compute, &o.unify, &o.config.log.dir, &req)
+        api::preview_body(&o.compute.serving, &o.unify, &o.config.log.dir, &req)
     })? {
         Ok(body) => body,
         Err(f) if f.code == "invalid_expression" => {

@@ -40,6 +40,11 @@ impl Compute {
     ) -> anyhow::Result<Outbox> {
         let total = applied;
         let now = self.clock.now_ms();
+        if self.catalog.is_empty() {
+            self.applied.store(total, Ordering::Release);
+            self.set_status(Status::Ready);
+            return Ok(Outbox::default());
+        }
         let fresh = || derived::nothing(self.catalog.definitions().len());
         let mut states: HashMap<ProfileId, (ProfileState, Emitted)> = HashMap::default();
         let mut reader = LogReader::open(log_dir, 0)?;

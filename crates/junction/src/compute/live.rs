@@ -28,9 +28,17 @@ impl Compute {
             })
             .collect();
         let records = unify.events(&refs)?;
+        // Stored events to aggregate, and (while another engine writes, see `registry`) the
+        // derived events it wrote.
+        let writes = self.writes.load(Ordering::Acquire);
         let mut json: HashMap<u64, &[u8]> = HashMap::default();
-        for r in records.iter().filter(|r| *r.source != *DERIVED_SOURCE) {
-            json.insert(r.offset, &r.json);
+        let mut written: HashMap<u64, serde_json::Value> = HashMap::default();
+        for r in &records {
+            if *r.source != *DERIVED_SOURCE {
+                json.insert(r.offset, &r.json);
+            } else if !writes && let Ok(v) = serde_json::from_slice(&r.json) {
+                written.insert(r.offset, v);
+            }
         }
         let now = self.clock.now_ms();
         // Profiles being changed: their state, and what the log holds for them when that
@@ -46,11 +54,15 @@ impl Compute {
             for op in ops {
                 match *op {
                     TimelineOp::Add(id, e) => {
-                        let (state, _) = changing
+                        let (state, emitted) = changing
                             .entry(id)
                             .or_insert_with(|| take(&mut profiles, id));
                         if let Some(bytes) = json.get(&e.offset) {
                             self.observe(state, e.offset, e.timestamp_ms, bytes, now);
+                        } else if let Some(v) = written.get(&e.offset) {
+                            let emitted =
+                                emitted.get_or_insert_with(|| self.emitted_of(&profiles, id));
+                            derived::record(&self.catalog, emitted, v, e.offset);
                         }
                     }
                     TimelineOp::Move(from, to) => {
@@ -67,12 +79,9 @@ impl Compute {
                             .or_insert_with(|| take(&mut profiles, to));
                         self.catalog.absorb(into, moved);
                         if let Some(from_emitted) = moved_emitted {
-                            let mut mine = into_emitted.take().unwrap_or_else(|| {
-                                profiles.entries.get(&to).map_or_else(
-                                    || derived::nothing(self.catalog.definitions().len()),
-                                    |e| e.emitted.clone(),
-                                )
-                            });
+                            let mut mine = into_emitted
+                                .take()
+                                .unwrap_or_else(|| self.emitted_of(&profiles, to));
                             derived::absorb(&mut mine, &from_emitted);
                             *into_emitted = Some(mine);
                         }
@@ -98,6 +107,14 @@ impl Compute {
         drop(graph);
         self.applied.fetch_max(next, Ordering::AcqRel);
         Ok(outbox)
+    }
+
+    /// What the log holds for `id` (nothing for a profile not seen yet).
+    fn emitted_of(&self, profiles: &Profiles, id: ProfileId) -> Emitted {
+        profiles.entries.get(&id).map_or_else(
+            || derived::nothing(self.catalog.definitions().len()),
+            |e| e.emitted.clone(),
+        )
     }
 
     /// Re-evaluates profiles whose windows lost an event by now, and those whose derived
@@ -178,6 +195,38 @@ impl Compute {
     }
 }
 
+impl Compute {
+    /// The next step of taking over from the serving engine, from `phase`.
+    fn take_over(
+        &self,
+        takeover: &dyn Takeover,
+        phase: Phase,
+        unify: &Unify,
+        ingestor: &Ingestor,
+        limits: &junction_core::event::Limits,
+        rt: &tokio::runtime::Runtime,
+    ) -> Phase {
+        match phase {
+            Phase::Shadow if unify.applied() <= self.applied() + TAKEOVER_LAG => {
+                takeover.retire_serving();
+                Phase::Draining(ingestor.log().next_offset())
+            }
+            Phase::Draining(end) if self.applied() >= end => {
+                if takeover.serve() {
+                    self.writes.store(true, Ordering::Release);
+                    self.log_end
+                        .store(ingestor.log().next_offset(), Ordering::Release);
+                    let outbox = self.on_time(unify, true);
+                    self.emit(ingestor, limits, rt, outbox);
+                    self.sample_sizes();
+                }
+                Phase::Done
+            }
+            phase => phase,
+        }
+    }
+}
+
 /// The running Compute thread; stops when dropped or [`Worker::stop`]ped.
 pub struct Worker {
     stop: Arc<std::sync::atomic::AtomicBool>,
@@ -200,20 +249,41 @@ impl Drop for Worker {
     }
 }
 
-/// Starts computing (nothing to do, and no thread, without definitions); derived events go
-/// through `ingestor`.
+/// How an engine computing in the background takes the place of the serving one (see
+/// `registry`).
+pub trait Takeover: Send {
+    /// Stops the serving engine: when this returns, it writes nothing more.
+    fn retire_serving(&self);
+    /// Makes this engine the serving one; false if a later change replaced it meanwhile.
+    fn serve(&self) -> bool;
+}
+
+/// Starts computing; derived events go through `ingestor`. Without `takeover` the engine
+/// serves from the start (and needs no thread without definitions); with it, it writes
+/// nothing until it took over.
 pub fn spawn(
     compute: Arc<Compute>,
     unify: Arc<Unify>,
     ingestor: Arc<Ingestor>,
     limits: junction_core::event::Limits,
+    takeover: Option<Box<dyn Takeover>>,
 ) -> Worker {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let worker_stop = Arc::clone(&stop);
-    let thread = (!compute.catalog.is_empty()).then(|| {
+    compute.writes.store(takeover.is_none(), Ordering::Release);
+    let thread = (!compute.catalog.is_empty() || takeover.is_some()).then(|| {
         std::thread::Builder::new()
             .name("compute".into())
-            .spawn(move || run(&compute, &unify, &ingestor, &limits, &worker_stop))
+            .spawn(move || {
+                run(
+                    &compute,
+                    &unify,
+                    &ingestor,
+                    &limits,
+                    &worker_stop,
+                    takeover.as_deref(),
+                )
+            })
             .expect("spawning the compute thread")
     });
     Worker {
@@ -222,12 +292,28 @@ pub fn spawn(
     }
 }
 
+/// Where a background engine is in taking over (see [`Takeover`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Following the timeline without writing.
+    Shadow,
+    /// The serving engine stopped when the log ended here: reading what it wrote.
+    Draining(u64),
+    /// Serving (or replaced by a later change: following until stopped).
+    Done,
+}
+
+/// How far behind the processor a background engine may be when it stops the serving one
+/// (what it still has to apply before writing: the time nothing is written).
+const TAKEOVER_LAG: u64 = 10_000;
+
 fn run(
     compute: &Compute,
     unify: &Unify,
     ingestor: &Ingestor,
     limits: &junction_core::event::Limits,
     stop: &std::sync::atomic::AtomicBool,
+    takeover: Option<&dyn Takeover>,
 ) {
     crate::unify::processor::yield_to_ingest();
     let rt = match tokio::runtime::Builder::new_current_thread()
@@ -253,7 +339,7 @@ fn run(
         unify,
         ingestor.log().dir(),
         (sub.applied, &sub.owners),
-        true,
+        takeover.is_none(),
     ) {
         Ok(outbox) => {
             compute.emit(ingestor, limits, &rt, outbox);
@@ -269,7 +355,19 @@ fn run(
     let mut last_tick = Instant::now();
     let mut last_sweep = Instant::now();
     let sweeps = compute.catalog.reads_now();
+    let mut phase = if takeover.is_some() {
+        Phase::Shadow
+    } else {
+        Phase::Done
+    };
     while !stop.load(Ordering::Acquire) {
+        if let Some(takeover) = takeover {
+            phase = compute.take_over(takeover, phase, unify, ingestor, limits, &rt);
+            if phase == Phase::Done && compute.catalog.is_empty() {
+                // Serving nothing: no thread needed.
+                return;
+            }
+        }
         let received = ops.recv_timeout(tick);
         // Where what this round writes will land: after everything written so far.
         compute

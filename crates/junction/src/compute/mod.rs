@@ -23,12 +23,16 @@
 //!   copying.
 
 //!
+//! - One `Compute` computes one fixed set of definitions (an engine); `registry` keeps the
+//!   definitions and replaces the engine when they change.
+//!
 //! Submodules: `history` (the pass over the log), `live` (the thread: timeline, timer,
-//! derived writes), `queries` (what readers ask: members, previews, metrics), `derived`.
+//! derived writes, taking over), `queries` (what readers ask: members, previews, metrics),
+//! `derived`, `registry` (definitions and engines).
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -42,6 +46,7 @@ pub mod derived;
 mod history;
 mod live;
 mod queries;
+pub mod registry;
 
 use derived::Emitted;
 pub use history::compute_offline;
@@ -124,6 +129,9 @@ pub struct Compute {
     bad_events: AtomicU64,
     derived_events: AtomicU64,
     derived_errors: AtomicU64,
+    /// Whether this engine writes derived events (false while it computes in the background
+    /// for a change, see `registry`; it then reads those the serving engine writes).
+    writes: AtomicBool,
     /// The log's end, where derived events written next will land (orders writes, see
     /// `derived::absorb`).
     log_end: AtomicU64,
@@ -185,6 +193,7 @@ impl Compute {
             bad_events: AtomicU64::new(0),
             derived_events: AtomicU64::new(0),
             derived_errors: AtomicU64::new(0),
+            writes: AtomicBool::new(true),
             log_end: AtomicU64::new(0),
             history: Default::default(),
         }
@@ -289,7 +298,9 @@ impl Compute {
         Self::count_members(profiles, &old_results, -1);
         Self::count_members(profiles, &results, 1);
         let mut emitted = emitted.unwrap_or(old_emitted);
-        if let (Some(outbox), Some(p)) = (outbox, profile) {
+        if let (Some(outbox), Some(p)) = (outbox, profile)
+            && self.writes.load(Ordering::Acquire)
+        {
             let names = |key: &str| self.names.get(key).cloned().unwrap_or_else(|| key.into());
             let at = self.log_end.load(Ordering::Acquire) + outbox.events;
             let (events, undo) = derived::diff(catalog, &names, p, &results, &mut emitted, now, at);

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use junction_core::compute::{DefKind, Definition};
 use junction_core::identity::ProfileId;
@@ -29,10 +29,13 @@ use serde_json::{Value, json};
 use super::error::ApiError;
 use super::{SharedState, off_the_runtime};
 use crate::compute::Compute;
-use crate::config::Definitions;
+use crate::compute::registry::{ChangeError, NewDefinition, Snapshot};
+use crate::config::ManagedBy;
 use crate::unify::Unify;
 
 pub const SCOPE: &str = "profiles:read";
+/// What creating, replacing and deleting definitions requires.
+pub const WRITE_SCOPE: &str = "compute:write";
 /// Members per page by default and at most.
 const MEMBERS_LIMIT: usize = 100;
 pub const MAX_MEMBERS_LIMIT: usize = 1_000;
@@ -44,20 +47,26 @@ pub fn routes() -> axum::Router<SharedState> {
     axum::Router::new()
         .route(
             "/api/v1/computed-traits",
-            get(|State(s), h| list(s, h, DefKind::ComputedTrait)),
+            get(|State(s), h| list(s, h, DefKind::ComputedTrait))
+                .post(|State(s), h, b| create(s, h, b, DefKind::ComputedTrait)),
         )
         .route(
             "/api/v1/computed-traits/{key}",
-            get(|State(s), h, Path(k)| get_one(s, h, k, DefKind::ComputedTrait)),
+            get(|State(s), h, Path(k)| get_one(s, h, k, DefKind::ComputedTrait))
+                .put(|State(s), h, Path(k), b| replace(s, h, k, b, DefKind::ComputedTrait))
+                .delete(|State(s), h, Path(k)| delete(s, h, k, DefKind::ComputedTrait)),
         )
         .route(
             "/api/v1/audiences",
-            get(|State(s), h| list(s, h, DefKind::Audience)),
+            get(|State(s), h| list(s, h, DefKind::Audience))
+                .post(|State(s), h, b| create(s, h, b, DefKind::Audience)),
         )
         .route("/api/v1/audiences/preview", post(preview))
         .route(
             "/api/v1/audiences/{key}",
-            get(|State(s), h, Path(k)| get_one(s, h, k, DefKind::Audience)),
+            get(|State(s), h, Path(k)| get_one(s, h, k, DefKind::Audience))
+                .put(|State(s), h, Path(k), b| replace(s, h, k, b, DefKind::Audience))
+                .delete(|State(s), h, Path(k)| delete(s, h, k, DefKind::Audience)),
         )
         .route("/api/v1/audiences/{key}/members", get(members))
         .route("/api/v1/audiences/{key}/size-history", get(size_history))
@@ -67,12 +76,16 @@ pub fn routes() -> axum::Router<SharedState> {
 // renders the same bodies from a stopped data dir (`cli/compute.rs`). ----
 
 /// A definition in the API's shape.
-fn describe(compute: &Compute, definitions: &Definitions, index: usize, d: &Definition) -> Value {
+fn describe(snap: &Snapshot, d: &Definition) -> Value {
+    let definitions = &snap.definitions;
+    let managed_by = definitions
+        .managed_by(d.kind, &d.key)
+        .unwrap_or(ManagedBy::Config);
     let mut out = json!({
         "key": &d.key,
         "expr": &d.expr,
-        "managed_by": "config",
-        "status": compute.status().describe(),
+        "managed_by": managed_by.as_str(),
+        "status": snap.status(d).describe(),
     });
     match d.kind {
         DefKind::ComputedTrait => {
@@ -87,54 +100,60 @@ fn describe(compute: &Compute, definitions: &Definitions, index: usize, d: &Defi
             let audience = definitions.audiences.iter().find(|a| a.key == d.key);
             out["name"] = definitions.audience_name(&d.key).unwrap_or(&d.key).into();
             out["description"] = audience.map_or("", |a| a.description.as_str()).into();
-            let size = compute
-                .audiences()
-                .into_iter()
-                .find(|(i, _)| *i == index)
-                .map_or(0, |(_, n)| n);
-            out["size"] = size.into();
+            let size = snap.engine_for(d).and_then(|(compute, index, _)| {
+                compute
+                    .audiences()
+                    .into_iter()
+                    .find(|(i, _)| *i == index)
+                    .map(|(_, n)| n)
+            });
+            out["size"] = size.unwrap_or(0).into();
         }
     }
     out
 }
 
-/// The definition of `kind` named `key`, with its index.
-fn find<'a>(
-    compute: &'a Compute,
-    kind: DefKind,
-    key: &str,
-) -> Result<(usize, &'a Definition), ApiError> {
-    compute
-        .catalog()
-        .definitions()
+/// The definition of `kind` named `key`.
+fn find<'a>(snap: &'a Snapshot, kind: DefKind, key: &str) -> Result<&'a Definition, ApiError> {
+    snap.defined()
         .iter()
-        .enumerate()
-        .find(|(_, d)| d.kind == kind && d.key == key)
+        .find(|d| d.kind == kind && d.key == key)
         .ok_or_else(|| ApiError::not_found(format!("no {kind} with the key `{key}`")).api())
 }
 
+/// The engine computing the definition of `kind` named `key`, and its index there.
+fn engine<'a>(
+    snap: &'a Snapshot,
+    kind: DefKind,
+    key: &str,
+) -> Result<(&'a Compute, usize), ApiError> {
+    let d = find(snap, kind, key)?;
+    let (compute, index, _) = snap.engine_for(d).ok_or_else(|| {
+        ApiError::new(
+            503,
+            "computing",
+            format!("the {kind} `{key}` is being set up; retry shortly"),
+        )
+        .retry_after(1)
+        .api()
+    })?;
+    Ok((compute, index))
+}
+
 /// `GET /api/v1/computed-traits` or `/api/v1/audiences`: every definition of `kind`.
-pub fn list_body(compute: &Compute, definitions: &Definitions, kind: DefKind) -> Value {
-    let data: Vec<Value> = compute
-        .catalog()
-        .definitions()
+pub fn list_body(snap: &Snapshot, kind: DefKind) -> Value {
+    let data: Vec<Value> = snap
+        .defined()
         .iter()
-        .enumerate()
-        .filter(|(_, d)| d.kind == kind)
-        .map(|(i, d)| describe(compute, definitions, i, d))
+        .filter(|d| d.kind == kind)
+        .map(|d| describe(snap, d))
         .collect();
     json!({ "data": data })
 }
 
 /// `GET /api/v1/computed-traits/{key}` or `/api/v1/audiences/{key}`.
-pub fn definition_body(
-    compute: &Compute,
-    definitions: &Definitions,
-    kind: DefKind,
-    key: &str,
-) -> Result<Value, ApiError> {
-    let (i, d) = find(compute, kind, key)?;
-    Ok(describe(compute, definitions, i, d))
+pub fn definition_body(snap: &Snapshot, kind: DefKind, key: &str) -> Result<Value, ApiError> {
+    Ok(describe(snap, find(snap, kind, key)?))
 }
 
 fn bad_param(name: &str, message: String) -> ApiError {
@@ -169,12 +188,12 @@ pub struct MembersQuery {
 
 /// `GET /api/v1/audiences/{key}/members`: one page. Blocking (it waits for the graph's lock).
 pub fn members_body(
-    compute: &Compute,
+    snap: &Snapshot,
     unify: &Unify,
     key: &str,
     q: &MembersQuery,
 ) -> Result<Value, ApiError> {
-    let (i, _) = find(compute, DefKind::Audience, key)?;
+    let (compute, i) = engine(snap, DefKind::Audience, key)?;
     let limit = match q.limit.as_deref() {
         None => MEMBERS_LIMIT,
         Some(l) => l
@@ -211,8 +230,8 @@ pub fn members_body(
 
 /// `GET /api/v1/audiences/{key}/size-history` (empty where no server ran the computation:
 /// the history is kept in the running server's memory).
-pub fn size_history_body(compute: &Compute, key: &str) -> Result<Value, ApiError> {
-    let (i, _) = find(compute, DefKind::Audience, key)?;
+pub fn size_history_body(snap: &Snapshot, key: &str) -> Result<Value, ApiError> {
+    let (compute, i) = engine(snap, DefKind::Audience, key)?;
     let data: Vec<Value> = compute
         .size_history(i)
         .into_iter()
@@ -269,11 +288,7 @@ async fn list(
     kind: DefKind,
 ) -> Result<Json<Value>, ApiError> {
     state.require_scope(&headers, SCOPE)?;
-    Ok(Json(list_body(
-        &state.compute,
-        &state.config.definitions,
-        kind,
-    )))
+    Ok(Json(list_body(&state.compute.snapshot(), kind)))
 }
 
 /// `GET` of the definition of `kind` named `key`.
@@ -284,7 +299,7 @@ async fn get_one(
     kind: DefKind,
 ) -> Result<Json<Value>, ApiError> {
     state.require_scope(&headers, SCOPE)?;
-    let body = definition_body(&state.compute, &state.config.definitions, kind, &key)?;
+    let body = definition_body(&state.compute.snapshot(), kind, &key)?;
     Ok(Json(body))
 }
 
@@ -295,8 +310,8 @@ async fn members(
     Query(q): Query<MembersQuery>,
 ) -> Result<Json<Value>, ApiError> {
     state.require_scope(&headers, SCOPE)?;
-    let (compute, unify) = (Arc::clone(&state.compute), Arc::clone(&state.unify));
-    let body = off_the_runtime(move || members_body(&compute, &unify, &key, &q)).await?;
+    let (snap, unify) = (state.compute.snapshot(), Arc::clone(&state.unify));
+    let body = off_the_runtime(move || members_body(&snap, &unify, &key, &q)).await?;
     Ok(Json(body))
 }
 
@@ -306,7 +321,7 @@ async fn size_history(
     Path(key): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     state.require_scope(&headers, SCOPE)?;
-    Ok(Json(size_history_body(&state.compute, &key)?))
+    Ok(Json(size_history_body(&state.compute.snapshot(), &key)?))
 }
 
 async fn preview(
@@ -323,9 +338,137 @@ async fn preview(
         )
         .api()
     })?;
-    let (compute, unify): (Arc<Compute>, Arc<Unify>) =
-        (Arc::clone(&state.compute), Arc::clone(&state.unify));
+    let (compute, unify) = (state.compute.serving(), Arc::clone(&state.unify));
     let log_dir = state.config.log.dir.clone();
     let body = off_the_runtime(move || preview_body(&compute, &unify, &log_dir, &req)).await?;
     Ok(Json(body))
+}
+
+// ---- Changing definitions ----
+
+/// The body of a create (`POST`) or a replace (`PUT`), in the configuration's field names.
+/// The read-only fields of a `GET` body are accepted and ignored, so that a fetched
+/// definition can be sent back changed.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DefinitionRequest {
+    pub key: Option<String>,
+    pub name: Option<String>,
+    pub expr: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default, rename = "managed_by")]
+    _managed_by: Option<Value>,
+    #[serde(default, rename = "status")]
+    _status: Option<Value>,
+    #[serde(default, rename = "size")]
+    _size: Option<Value>,
+}
+
+impl DefinitionRequest {
+    fn parse(body: &[u8], kind: DefKind) -> Result<DefinitionRequest, ApiError> {
+        let req: DefinitionRequest = serde_json::from_slice(body).map_err(|e| {
+            let fields = match kind {
+                DefKind::ComputedTrait => "{\"key\", \"expr\", \"description\"}",
+                DefKind::Audience => "{\"key\", \"name\", \"expr\", \"description\"}",
+            };
+            ApiError::new(
+                400,
+                "invalid_request",
+                format!("the body must be {fields}: {e}"),
+            )
+            .api()
+        })?;
+        if kind == DefKind::ComputedTrait && req.name.is_some() {
+            return Err(bad_param(
+                "name",
+                "a computed trait has no name (its key is its name)".into(),
+            ));
+        }
+        Ok(req)
+    }
+
+    fn into_new(self, key: String) -> NewDefinition {
+        NewDefinition {
+            key,
+            name: self.name,
+            expr: self.expr,
+            description: self.description,
+        }
+    }
+}
+
+fn change_error(e: ChangeError) -> ApiError {
+    let (status, code) = match &e {
+        ChangeError::NotFound(..) => (404, "not_found"),
+        ChangeError::Exists(..) => (409, "conflict"),
+        ChangeError::ManagedByConfig(..) => (409, "managed_by_config"),
+        ChangeError::Invalid(d) => match d.error {
+            junction_core::compute::DefinitionProblem::Expr(_) => (400, "invalid_expression"),
+            junction_core::compute::DefinitionProblem::Key(_) => (400, "invalid_request"),
+        },
+        ChangeError::Storage(_) => (503, "storage_unavailable"),
+    };
+    ApiError::new(status, code, e.to_string()).api()
+}
+
+/// `POST /api/v1/computed-traits` or `/api/v1/audiences`: 201 with the new definition, which
+/// computes over the history in the background.
+async fn create(
+    state: SharedState,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+    kind: DefKind,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    state.require_scope(&headers, WRITE_SCOPE)?;
+    let req = DefinitionRequest::parse(&body, kind)?;
+    let key = req
+        .key
+        .clone()
+        .ok_or_else(|| bad_param("key", "required when creating".into()))?;
+    let registry = Arc::clone(&state.compute);
+    let def = req.into_new(key.clone());
+    let snap = off_the_runtime(move || registry.create(kind, def).map_err(change_error)).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(definition_body(&snap, kind, &key)?),
+    ))
+}
+
+/// `PUT /api/v1/computed-traits/{key}` or `/api/v1/audiences/{key}`: replaces an API
+/// definition (a `key` in the body must be the path's).
+async fn replace(
+    state: SharedState,
+    headers: HeaderMap,
+    key: String,
+    body: axum::body::Bytes,
+    kind: DefKind,
+) -> Result<Json<Value>, ApiError> {
+    state.require_scope(&headers, WRITE_SCOPE)?;
+    let req = DefinitionRequest::parse(&body, kind)?;
+    if req.key.as_ref().is_some_and(|k| *k != key) {
+        return Err(bad_param(
+            "key",
+            format!(
+                "must be the path's key `{key}` (a key cannot change: create a new definition)"
+            ),
+        ));
+    }
+    let registry = Arc::clone(&state.compute);
+    let def = req.into_new(key.clone());
+    let snap = off_the_runtime(move || registry.replace(kind, def).map_err(change_error)).await?;
+    Ok(Json(definition_body(&snap, kind, &key)?))
+}
+
+/// `DELETE /api/v1/computed-traits/{key}` or `/api/v1/audiences/{key}`: 204.
+async fn delete(
+    state: SharedState,
+    headers: HeaderMap,
+    key: String,
+    kind: DefKind,
+) -> Result<StatusCode, ApiError> {
+    state.require_scope(&headers, WRITE_SCOPE)?;
+    let registry = Arc::clone(&state.compute);
+    off_the_runtime(move || registry.delete(kind, &key).map_err(change_error)).await?;
+    Ok(StatusCode::NO_CONTENT)
 }

@@ -41,9 +41,9 @@ pub struct AppState {
     /// Profiles: the identity graph and its processor.
     pub unify: Arc<crate::unify::Unify>,
     pub processor: crate::unify::processor::Processor,
-    /// Computed traits and audiences, and the thread that keeps them current.
-    pub compute: Arc<crate::compute::Compute>,
-    pub compute_worker: crate::compute::Worker,
+    /// Computed traits and audiences: their definitions and the engines that keep them
+    /// current.
+    pub compute: Arc<crate::compute::registry::Registry>,
     /// Profile API requests per token (`[profiles] rate_limit_per_sec`).
     pub profile_limiter: ratelimit::RateLimiter,
 }

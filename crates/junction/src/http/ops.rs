@@ -36,7 +36,7 @@ pub async fn ready(State(state): State<SharedState>) -> Response {
             state.unify.lag(),
             state.config.ready_max_lag_events
         )),
-        Health::Ok => state.compute.not_ready(
+        Health::Ok => state.compute.serving().not_ready(
             state.ingestor.log().next_offset(),
             state.config.ready_max_lag_events,
         ),
@@ -61,6 +61,7 @@ pub async fn metrics(State(state): State<SharedState>) -> Response {
     state.unify.render_metrics(&mut out);
     state
         .compute
+        .serving()
         .render_metrics(&mut out, state.ingestor.log().next_offset());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
 }

@@ -367,7 +367,7 @@ async fn resource(
     let QueryString(pairs) = query.map_err(query_error)?;
     let req = ProfileRequest::parse(collection, &id, resource, &pairs, url(&uri))?;
     let unify = Arc::clone(&state.unify);
-    let compute = Arc::clone(&state.compute);
+    let compute = state.compute.serving();
     Ok(Json(
         off_the_runtime(move || render(&unify, &compute, &req)).await?,
     ))

@@ -45,9 +45,9 @@ pub struct Unify {
     /// The graph's sizes and counters as of the last applied slice, for `/metrics` (which
     /// must not wait for the graph's lock, see `http::profiles`).
     sizes: std::sync::Mutex<Sizes>,
-    /// Where the processor sends the timeline operations of each applied slice, once a
-    /// consumer subscribed ([`Unify::subscribe_timeline`]).
-    feed: std::sync::Mutex<Option<std::sync::mpsc::Sender<FeedSlice>>>,
+    /// Where the processor sends the timeline operations of each applied slice: one sender
+    /// per subscriber ([`Unify::subscribe_timeline`]).
+    feed: std::sync::Mutex<Vec<std::sync::mpsc::Sender<FeedSlice>>>,
 }
 
 /// The timeline operations of one applied slice, and the next log offset to apply after it.
@@ -109,14 +109,15 @@ impl Unify {
 
     /// Subscribes to the timeline: who owns each applied event now, and from then on every
     /// `Add`/`Move` the processor applies, in order (taken under the graph's write lock, so
-    /// nothing falls between the two). One subscriber at a time; a new one replaces it.
+    /// nothing falls between the two). Any number of subscribers; one that drops its
+    /// receiver is forgotten.
     pub fn subscribe_timeline(&self) -> TimelineSubscription {
         let mut graph = self.graph_mut();
         let applied = self.applied();
         let owners = owners(&graph, applied);
         let (tx, ops) = std::sync::mpsc::channel();
         graph.set_feed(true);
-        *self.feed.lock().unwrap_or_else(|e| e.into_inner()) = Some(tx);
+        self.feed.lock().unwrap_or_else(|e| e.into_inner()).push(tx);
         TimelineSubscription {
             ops,
             applied,
@@ -133,16 +134,23 @@ impl Unify {
     }
 
     /// Sends what `graph` recorded for the subscriber, with `next` (the processor calls it
-    /// with the write lock held, after each slice). A subscriber that went away switches the
-    /// feed off.
+    /// with the write lock held, after each slice). Subscribers that went away are dropped;
+    /// with none left the feed is switched off.
     fn send_feed(&self, graph: &mut Graph, next: u64) {
         let mut feed = self.feed.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(tx) = feed.as_ref() {
-            let ops = graph.take_feed();
-            if tx.send((ops, next)).is_err() {
-                *feed = None;
-                graph.set_feed(false);
-            }
+        if feed.is_empty() {
+            return;
+        }
+        let mut ops = Some(graph.take_feed());
+        let (n, mut i) = (feed.len(), 0);
+        feed.retain(|tx| {
+            i += 1;
+            // The last subscriber takes the operations, the others a copy.
+            let slice = if i == n { ops.take() } else { ops.clone() };
+            tx.send((slice.unwrap_or_default(), next)).is_ok()
+        });
+        if feed.is_empty() {
+            graph.set_feed(false);
         }
     }
 

@@ -10,10 +10,10 @@ use serde_json::{Value, json};
 
 use crate::support::*;
 
-const USERS: &str = "/v1/spaces/acme/collections/users/profiles";
-const DAY: i64 = 86_400_000;
+pub(crate) const USERS: &str = "/v1/spaces/acme/collections/users/profiles";
+pub(crate) const DAY: i64 = 86_400_000;
 /// 2024-05-10T00:00:00Z.
-const T: i64 = 1_715_299_200_000;
+pub(crate) const T: i64 = 1_715_299_200_000;
 
 pub const DEFINITIONS: &str = r#"
 [compute]
@@ -37,11 +37,11 @@ key = "recent_viewers"
 expr = '''count(event = "Viewed", within = 7d) >= 1'''
 "#;
 
-fn iso(ms: i64) -> String {
+pub(crate) fn iso(ms: i64) -> String {
     junction_core::timestamp::format(ms)
 }
 
-async fn send(app: &TestApp, events: Value) {
+pub(crate) async fn send(app: &TestApp, events: Value) {
     let (s, j) = app
         .post("/v1/batch", json!({ "batch": events }).to_string())
         .await;
@@ -49,7 +49,7 @@ async fn send(app: &TestApp, events: Value) {
 }
 
 /// Polls the traits of `id` with `query` until `want` holds (10 s at most).
-async fn traits_until(
+pub(crate) async fn traits_until(
     app: &TestApp,
     id: &str,
     query: &str,
@@ -75,7 +75,7 @@ async fn traits_until(
 }
 
 /// The derived events in the log: `(event or type, audience key or traits, userId, anonymousId)`.
-fn derived(app: &TestApp) -> Vec<(String, Value, Value, Value)> {
+pub(crate) fn derived(app: &TestApp) -> Vec<(String, Value, Value, Value)> {
     read_log(&app.state.config.log.dir)
         .into_iter()
         .filter(|(source, _)| source == "junction")
@@ -319,7 +319,7 @@ expr = 'audience("a")'
     );
 }
 
-async fn api(
+pub(crate) async fn api(
     app: &TestApp,
     method: &str,
     path: &str,
@@ -502,12 +502,12 @@ expr = 'count(event = "Viewed") >= 3'
 /// Users in the crash test, and views each gets: user `i` gets `i % 5` views.
 const CRASH_USERS: usize = 3_000;
 
-fn view(user: usize, n: usize) -> Value {
+pub(crate) fn view(user: usize, n: usize) -> Value {
     json!({"type": "track", "userId": format!("u{user}"), "event": "Viewed",
            "messageId": format!("v{user}-{n}"), "timestamp": "2024-05-01T00:00:00.000Z"})
 }
 
-fn metric_of(server: &Server, name: &str) -> Option<u64> {
+pub(crate) fn metric_of(server: &Server, name: &str) -> Option<u64> {
     let text = reqwest::blocking::get(server.url("/metrics"))
         .ok()?
         .text()

@@ -8,6 +8,7 @@ mod browser;
 mod cli;
 mod compute;
 mod compute_cli;
+mod compute_definitions;
 mod corpus;
 mod crash;
 mod hardening;

@@ -111,7 +111,7 @@ impl TestApp {
     pub fn close(self) -> tempfile::TempDir {
         self.state.ingestor.log().shutdown();
         self.state.processor.stop();
-        self.state.compute_worker.stop();
+        self.state.compute.stop();
         self.state
             .ingestor
             .dedup()
