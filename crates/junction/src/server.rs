@@ -118,9 +118,10 @@ pub async fn run(config: Config, options: Options) -> anyhow::Result<()> {
     sweeper.abort();
     let log = state.ingestor.log().clone();
     tokio::task::block_in_place(|| {
+        // Compute first: what it is writing goes into the log before the log closes.
+        state.compute.stop();
         log.shutdown();
         state.processor.stop();
-        state.compute.stop();
     });
     state
         .ingestor

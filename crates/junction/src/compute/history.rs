@@ -19,7 +19,8 @@ use crate::unify::Unify;
 impl Compute {
     /// Computes over the history: `owners` says who owns each event below `applied`; the
     /// events are read from the log in one pass. Returns the derived events the log is
-    /// missing (none without `emit`).
+    /// missing (none without `emit`). The status stays `computing` until the caller has
+    /// written them (`ready` means written).
     pub(super) fn backfill(
         &self,
         unify: &Unify,
@@ -95,7 +96,6 @@ impl Compute {
         }
         drop(profiles);
         self.applied.store(total, Ordering::Release);
-        self.set_status(Status::Ready);
         Ok(outbox)
     }
 }
@@ -106,7 +106,7 @@ pub fn compute_offline(compute: &Compute, unify: &Unify, log_dir: &Path) -> anyh
         return Ok(());
     }
     let (applied, owners) = unify.owners();
-    compute
-        .backfill(unify, log_dir, (applied, &owners), false)
-        .map(drop)
+    compute.backfill(unify, log_dir, (applied, &owners), false)?;
+    compute.set_status(Status::Ready);
+    Ok(())
 }

@@ -11,7 +11,7 @@ use junction_core::identity::{EventRef, ProfileId, TimelineOp};
 use rustc_hash::FxHashMap as HashMap;
 
 use super::derived::{self, Emitted};
-use super::{Compute, Outbox, Profiles, TICK};
+use super::{Compute, Outbox, Profiles, Status, TICK};
 use crate::ingest::{DERIVED_SOURCE, Ingestor};
 use crate::unify::{TimelineSubscription, Unify};
 
@@ -132,7 +132,12 @@ impl Compute {
                     break;
                 }
                 profiles.expiries.pop();
-                due.push(id);
+                if let Some(entry) = profiles.entries.get_mut(&id)
+                    && entry.due_ms == Some(t)
+                {
+                    entry.due_ms = None;
+                    due.push(id);
+                }
             }
         }
         due.sort_unstable();
@@ -212,13 +217,16 @@ impl Compute {
                 Phase::Draining(ingestor.log().next_offset())
             }
             Phase::Draining(end) if self.applied() >= end => {
-                if takeover.serve() {
-                    self.writes.store(true, Ordering::Release);
-                    self.log_end
-                        .store(ingestor.log().next_offset(), Ordering::Release);
-                    let outbox = self.on_time(unify, true);
-                    self.emit(ingestor, limits, rt, outbox);
-                    self.sample_sizes();
+                // What the log misses is written before serving: `ready` means written. (An
+                // engine replaced meanwhile writes it too; its successor reads it back.)
+                self.writes.store(true, Ordering::Release);
+                self.log_end
+                    .store(ingestor.log().next_offset(), Ordering::Release);
+                let outbox = self.on_time(unify, true);
+                self.emit(ingestor, limits, rt, outbox);
+                self.sample_sizes();
+                if !takeover.serve() {
+                    self.writes.store(false, Ordering::Release);
                 }
                 Phase::Done
             }
@@ -343,6 +351,7 @@ fn run(
     ) {
         Ok(outbox) => {
             compute.emit(ingestor, limits, &rt, outbox);
+            compute.set_status(Status::Ready);
             compute.sample_sizes();
         }
         Err(e) => {

@@ -91,6 +91,8 @@ struct Entry {
     changed_ms: i64,
     /// What the log holds for this profile (see `derived.rs`).
     emitted: Emitted,
+    /// When the profile is due in `expiries` (its earliest item there that is not stale).
+    due_ms: Option<i64>,
 }
 
 /// Derived events to write, in order: per profile, how to put `emitted` back if they cannot
@@ -107,7 +109,9 @@ struct Profiles {
     entries: HashMap<ProfileId, Entry>,
     /// Per definition: profiles for which an audience is true (0 for computed traits).
     members: Vec<u64>,
-    /// (when an event leaves a window, profile); stale items are skipped.
+    /// (when an event leaves a window, profile); an item is stale unless it is the profile's
+    /// `due_ms`, and a profile is pushed again only when due earlier, so the heap holds about
+    /// one item per profile with windows.
     expiries: BinaryHeap<Reverse<(i64, ProfileId)>>,
     /// Profiles whose derived events could not be written: diffed again at the next tick.
     retry: Vec<ProfileId>,
@@ -284,16 +288,28 @@ impl Compute {
         let mut state = state;
         catalog.prune(&mut state, now);
         let results = catalog.evaluate(&state, &ProfileTraits(profile), now);
-        if let Some(t) = catalog.next_expiry(&state) {
-            profiles.expiries.push(Reverse((t, id)));
-        }
-        let (old_results, old_changed, old_emitted) = match profiles.entries.remove(&id) {
-            Some(e) => (e.results, e.changed_ms, e.emitted),
+        let (old_results, old_changed, old_emitted, old_due) = match profiles.entries.remove(&id) {
+            Some(e) => (
+                e.results,
+                e.changed_ms,
+                e.emitted,
+                e.due_ms.filter(|&t| t > now),
+            ),
             None => (
                 Vec::new(),
                 now,
                 derived::nothing(catalog.definitions().len()),
+                None,
             ),
+        };
+        // An item due earlier than needed re-evaluates the profile once, then reschedules.
+        let due_ms = match (catalog.next_expiry(&state), old_due) {
+            (Some(t), Some(due)) if due <= t => Some(due),
+            (Some(t), _) => {
+                profiles.expiries.push(Reverse((t, id)));
+                Some(t)
+            }
+            (None, due) => due,
         };
         Self::count_members(profiles, &old_results, -1);
         Self::count_members(profiles, &results, 1);
@@ -321,6 +337,7 @@ impl Compute {
                 results,
                 changed_ms,
                 emitted,
+                due_ms,
             },
         );
     }

@@ -109,9 +109,9 @@ impl TestApp {
 
     /// Stops storage and hands back the data dir (to reopen it).
     pub fn close(self) -> tempfile::TempDir {
+        self.state.compute.stop();
         self.state.ingestor.log().shutdown();
         self.state.processor.stop();
-        self.state.compute.stop();
         self.state
             .ingestor
             .dedup()
