@@ -44,10 +44,12 @@ impl From<AppendError> for IngestError {
     }
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Stored {
     pub stored: usize,
     pub duplicates: usize,
+    /// Where in the log the stored events are.
+    pub offsets: Vec<std::ops::Range<u64>>,
 }
 
 /// One entry of the live debugger stream.
@@ -208,8 +210,12 @@ impl Ingestor {
                 let fresh_keys: Vec<u128> = fresh.iter().map(|&i| keys[i]).collect();
                 let appended = Settle::new(self, fresh_keys, self.log.append(frame)).await;
                 match appended {
-                    Ok(_) => {
+                    Ok(appended) => {
                         result.stored += fresh.len();
+                        let first = appended.first_offset;
+                        result
+                            .offsets
+                            .push(first..first + u64::from(appended.count));
                         *self
                             .metrics
                             .ingested
@@ -255,12 +261,12 @@ impl Ingestor {
 
     /// Stores events Junction derives (each a whole event object with its `type`) under the
     /// source [`DERIVED_SOURCE`], normalized like imported events. Returns how many were
-    /// stored; an event that does not normalize is a bug, logged and skipped.
+    /// stored and where; an event that does not normalize is a bug, logged and skipped.
     pub async fn store_derived(
         &self,
         events: &[serde_json::Value],
         limits: &junction_core::event::Limits,
-    ) -> Result<usize, IngestError> {
+    ) -> Result<Stored, IngestError> {
         let now = self.now_ms();
         let meta = junction_core::event::RequestMeta {
             received_at_ms: now,
@@ -276,9 +282,7 @@ impl Ingestor {
                 }
             }
         }
-        let n = normalized.len();
-        self.store(DERIVED_SOURCE, normalized, now).await?;
-        Ok(n)
+        self.store(DERIVED_SOURCE, normalized, now).await
     }
 
     fn publish<'a>(

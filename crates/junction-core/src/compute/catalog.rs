@@ -20,6 +20,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -110,6 +111,13 @@ pub struct Catalog {
     aggs: Vec<AggSpec>,
     /// Definitions whose value can change with time alone, directly or through others.
     clocked: Vec<bool>,
+    /// The aggregates an event named so may match (ascending): those that list the name, and
+    /// those without an `event` filter.
+    by_event: HashMap<Arc<str>, Vec<usize>>,
+    /// The aggregates an event with another name (or none) may match.
+    any_event: Vec<usize>,
+    /// Each aggregate's value for a profile no event matched.
+    empty: Vec<Value>,
 }
 
 /// Reads a profile's own traits (`traits.a.b` → `["a", "b"]`).
@@ -224,11 +232,32 @@ impl Catalog {
         for &i in &order {
             clocked[i] = defs[i].reads_clock(&aggs) || defs[i].deps.iter().any(|&d| clocked[d]);
         }
+        let any_event: Vec<usize> = (0..aggs.len())
+            .filter(|&i| aggs[i].events.is_none())
+            .collect();
+        let mut by_event: HashMap<Arc<str>, Vec<usize>> = HashMap::new();
+        for (i, spec) in aggs.iter().enumerate() {
+            for name in spec.events.iter().flatten() {
+                by_event.entry(Arc::clone(name)).or_default().push(i);
+            }
+        }
+        for list in by_event.values_mut() {
+            list.extend(&any_event);
+            list.sort_unstable();
+            list.dedup();
+        }
+        let empty = aggs
+            .iter()
+            .map(|a| Fold::new(a.func).finish(a.func))
+            .collect();
         Ok(Catalog {
             defs,
             order,
             aggs,
             clocked,
+            by_event,
+            any_event,
+            empty,
         })
     }
 
@@ -269,7 +298,12 @@ impl Catalog {
 
     /// Adds `ev` to every aggregate it matches.
     pub fn observe(&self, state: &mut ProfileState, ev: &Event<'_>, now_ms: i64) {
-        for (i, spec) in self.aggs.iter().enumerate() {
+        let candidates = ev
+            .text("event")
+            .and_then(|name| self.by_event.get(name))
+            .unwrap_or(&self.any_event);
+        for &i in candidates {
+            let spec = &self.aggs[i];
             if !spec.in_window(ev.timestamp_ms, now_ms) || !spec.matches(ev, now_ms) {
                 continue;
             }
@@ -279,8 +313,13 @@ impl Catalog {
                 Slot::Fold(f) => f.add(at, &value),
                 Slot::Window { entries, fold } => {
                     fold.add(at, &value);
-                    let pos = entries.partition_point(|(s, _)| *s < at);
-                    entries.insert(pos, (at, value));
+                    // Events mostly arrive in time order: then the newest goes last.
+                    if entries.last().is_none_or(|(s, _)| *s < at) {
+                        entries.push((at, value));
+                    } else {
+                        let pos = entries.partition_point(|(s, _)| *s < at);
+                        entries.insert(pos, (at, value));
+                    }
                 }
             }
         }
@@ -345,10 +384,18 @@ impl Catalog {
     /// The value of aggregate `i` for `state` at `now_ms`: a window's running fold while its
     /// oldest entry is still inside (then all are), else a fold of the entries still inside.
     fn agg_value(&self, state: &ProfileState, i: usize, now_ms: i64) -> Value {
-        let spec = &self.aggs[i];
         match state.get(i) {
-            Some(Slot::Fold(f)) => f.finish(spec.func),
-            Some(Slot::Window { entries, fold }) => {
+            Some(slot) => self.slot_value(slot, i, now_ms),
+            None => self.empty[i].clone(),
+        }
+    }
+
+    /// The value of aggregate `i` held in `slot` (see [`Catalog::agg_value`]).
+    fn slot_value(&self, slot: &Slot, i: usize, now_ms: i64) -> Value {
+        let spec = &self.aggs[i];
+        match slot {
+            Slot::Fold(f) => f.finish(spec.func),
+            Slot::Window { entries, fold } => {
                 let oldest_inside = entries
                     .first()
                     .is_none_or(|(at, _)| spec.in_window(at.0, now_ms));
@@ -359,7 +406,6 @@ impl Catalog {
                     fold_of(spec, &entries[inside..]).finish(spec.func)
                 }
             }
-            None => Fold::new(spec.func).finish(spec.func),
         }
     }
 
@@ -371,7 +417,12 @@ impl Catalog {
         traits: &dyn TraitSource,
         now_ms: i64,
     ) -> Vec<Value> {
-        self.evaluate_with(&|i| self.agg_value(state, i, now_ms), traits, now_ms)
+        // Every aggregate's value in one pass over the slots.
+        let mut values = self.empty.clone();
+        for (i, slot) in &state.slots {
+            values[*i as usize] = self.slot_value(slot, *i as usize, now_ms);
+        }
+        self.evaluate_with(&|i| values[i].clone(), traits, now_ms)
     }
 
     /// The value of definition `target` alone (and of what it reads), as

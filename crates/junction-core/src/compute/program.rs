@@ -127,7 +127,7 @@ pub struct Event<'a> {
 }
 
 impl Event<'_> {
-    fn text(&self, key: &str) -> Option<&str> {
+    pub(crate) fn text(&self, key: &str) -> Option<&str> {
         self.json.get(key).and_then(serde_json::Value::as_str)
     }
 

@@ -20,11 +20,13 @@ impl Compute {
     /// `next` is the log offset the processor reached with them. Returns the derived events
     /// to write.
     fn apply(&self, unify: &Unify, ops: &[TimelineOp], next: u64) -> anyhow::Result<Outbox> {
+        let own = std::mem::take(&mut *self.own.lock().unwrap_or_else(|e| e.into_inner()));
+        let mine = |offset: u64| own.iter().any(|r| r.contains(&offset));
         let refs: Vec<EventRef> = ops
             .iter()
             .filter_map(|op| match op {
-                TimelineOp::Add(_, e) => Some(*e),
-                TimelineOp::Move(..) => None,
+                TimelineOp::Add(_, e) if !mine(e.offset) => Some(*e),
+                TimelineOp::Add(..) | TimelineOp::Move(..) => None,
             })
             .collect();
         let records = unify.events(&refs)?;
@@ -53,6 +55,7 @@ impl Compute {
             };
             for op in ops {
                 match *op {
+                    TimelineOp::Add(_, e) if mine(e.offset) => {}
                     TimelineOp::Add(id, e) => {
                         let (state, emitted) = changing
                             .entry(id)
@@ -78,6 +81,8 @@ impl Compute {
                             .entry(to)
                             .or_insert_with(|| take(&mut profiles, to));
                         self.catalog.absorb(into, moved);
+                        // The merged state's events were pruned at other times.
+                        self.catalog.prune(into, now);
                         if let Some(from_emitted) = moved_emitted {
                             let mut mine = into_emitted
                                 .take()
@@ -105,6 +110,9 @@ impl Compute {
         }
         drop(profiles);
         drop(graph);
+        let mut pending = self.own.lock().unwrap_or_else(|e| e.into_inner());
+        pending.extend(own.into_iter().filter(|r| r.end > next));
+        drop(pending);
         self.applied.fetch_max(next, Ordering::AcqRel);
         Ok(outbox)
     }
@@ -180,8 +188,11 @@ impl Compute {
             .flat_map(|(_, _, e)| e.iter().cloned())
             .collect();
         match rt.block_on(ingestor.store_derived(&events, limits)) {
-            Ok(n) => {
-                self.derived_events.fetch_add(n as u64, Ordering::Relaxed);
+            Ok(stored) => {
+                self.derived_events
+                    .fetch_add(stored.stored as u64, Ordering::Relaxed);
+                let mut own = self.own.lock().unwrap_or_else(|e| e.into_inner());
+                own.extend(stored.offsets);
             }
             Err(e) => {
                 tracing::warn!(error = %e, events = events.len(), "compute cannot write derived events; retrying");

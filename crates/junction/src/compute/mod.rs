@@ -136,6 +136,9 @@ pub struct Compute {
     /// Whether this engine writes derived events (false while it computes in the background
     /// for a change, see `registry`; it then reads those the serving engine writes).
     writes: AtomicBool,
+    /// Where the derived events this engine wrote are, until the timeline passed them: their
+    /// `Add`s are skipped without reading them (they change no aggregate).
+    own: Mutex<Vec<std::ops::Range<u64>>>,
     /// The log's end, where derived events written next will land (orders writes, see
     /// `derived::absorb`).
     log_end: AtomicU64,
@@ -198,6 +201,7 @@ impl Compute {
             derived_events: AtomicU64::new(0),
             derived_errors: AtomicU64::new(0),
             writes: AtomicBool::new(true),
+            own: Mutex::default(),
             log_end: AtomicU64::new(0),
             history: Default::default(),
         }
@@ -271,7 +275,9 @@ impl Compute {
 
     /// Stores `state` for `id` (and `emitted`, else keeps what it had), evaluates it,
     /// updates member counts and expiries, and (with an `outbox`) adds the derived events
-    /// the change calls for.
+    /// the change calls for. `state` holds no event that left its window before the
+    /// profile's due time (events are observed inside their windows; callers prune merged
+    /// and timed-out states).
     #[allow(clippy::too_many_arguments)]
     fn settle(
         &self,
@@ -284,17 +290,8 @@ impl Compute {
         outbox: Option<&mut Outbox>,
     ) {
         let catalog = &*self.catalog;
-        // Events that left their windows go first: evaluation then reads running folds.
-        let mut state = state;
-        catalog.prune(&mut state, now);
-        let results = catalog.evaluate(&state, &ProfileTraits(profile), now);
         let (old_results, old_changed, old_emitted, old_due) = match profiles.entries.remove(&id) {
-            Some(e) => (
-                e.results,
-                e.changed_ms,
-                e.emitted,
-                e.due_ms.filter(|&t| t > now),
-            ),
+            Some(e) => (e.results, e.changed_ms, e.emitted, e.due_ms),
             None => (
                 Vec::new(),
                 now,
@@ -302,6 +299,15 @@ impl Compute {
                 None,
             ),
         };
+        // Events that left their windows go first (evaluation then reads running folds). An
+        // event is observed only inside its window, so unless the profile was due (or merged:
+        // the caller prunes), none has left.
+        let mut state = state;
+        if old_due.is_some_and(|t| t <= now) {
+            catalog.prune(&mut state, now);
+        }
+        let old_due = old_due.filter(|&t| t > now);
+        let results = catalog.evaluate(&state, &ProfileTraits(profile), now);
         // An item due earlier than needed re-evaluates the profile once, then reschedules.
         let due_ms = match (catalog.next_expiry(&state), old_due) {
             (Some(t), Some(due)) if due <= t => Some(due),
