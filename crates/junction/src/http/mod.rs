@@ -117,7 +117,9 @@ pub fn router(state: SharedState) -> Router {
             get(tracking::source_config).options(cors::preflight),
         )
         .layer(middleware::from_fn(cors::layer));
-    let api = Router::new().route("/api/v1/debugger/events", get(ops::debugger));
+    let api = Router::new()
+        .route("/api/v1/debugger/events", get(ops::debugger))
+        .route("/api/v1/openapi.json", get(openapi));
     Router::new()
         .merge(tracking)
         .merge(api)
@@ -133,6 +135,18 @@ pub fn router(state: SharedState) -> Router {
             deadline_and_latency,
         ))
         .with_state(state)
+}
+
+/// The OpenAPI document of the management API (`openapi.json`, kept in sync with the routes
+/// by the `openapi` integration test).
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+async fn openapi() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        OPENAPI,
+    )
+        .into_response()
 }
 
 /// Applies the request deadline and records latency by route family.

@@ -13,6 +13,7 @@ mod corpus;
 mod crash;
 mod hardening;
 mod ingest;
+mod openapi;
 mod profiles;
 mod sdk;
 mod sdk_profiles;
