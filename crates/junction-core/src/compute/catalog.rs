@@ -118,6 +118,36 @@ pub struct Catalog {
     any_event: Vec<usize>,
     /// Each aggregate's value for a profile no event matched.
     empty: Vec<Value>,
+    /// Per definition: the aggregates it reads itself, and whether it reads the profile's
+    /// traits or `now()` itself (see [`Catalog::evaluate_changed`]).
+    reads: Vec<DefReads>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct DefReads {
+    aggs: Vec<usize>,
+    always: bool,
+}
+
+impl DefReads {
+    fn of(node: &Node) -> DefReads {
+        fn walk(node: &Node, out: &mut DefReads) {
+            match node {
+                Node::Agg(i) => out.aggs.push(*i),
+                Node::Now | Node::Trait(_) | Node::Field(_) => out.always = true,
+                Node::Const(_) | Node::Def(_) => {}
+                Node::List(items) => items.iter().for_each(|n| walk(n, out)),
+                Node::Exists(n) | Node::Not(n) | Node::Neg(n) => walk(n, out),
+                Node::Bin(_, l, r) => {
+                    walk(l, out);
+                    walk(r, out);
+                }
+            }
+        }
+        let mut out = DefReads::default();
+        walk(node, &mut out);
+        out
+    }
 }
 
 /// Reads a profile's own traits (`traits.a.b` → `["a", "b"]`).
@@ -250,6 +280,7 @@ impl Catalog {
             .iter()
             .map(|a| Fold::new(a.func).finish(a.func))
             .collect();
+        let reads = defs.iter().map(|d| DefReads::of(&d.node)).collect();
         Ok(Catalog {
             defs,
             order,
@@ -258,6 +289,7 @@ impl Catalog {
             by_event,
             any_event,
             empty,
+            reads,
         })
     }
 
@@ -309,6 +341,7 @@ impl Catalog {
             }
             let value = spec.value_of(ev, now_ms);
             let at = (ev.timestamp_ms, ev.offset);
+            state.touched.add(i);
             match state.slot(i, spec) {
                 Slot::Fold(f) => f.add(at, &value),
                 Slot::Window { entries, fold } => {
@@ -327,6 +360,7 @@ impl Catalog {
 
     /// Combines `other` (the state of a profile merged into this one) into `state`.
     pub fn absorb(&self, state: &mut ProfileState, other: ProfileState) {
+        state.touched = Touched::all();
         for (i, slot) in other.slots {
             let spec = &self.aggs[i as usize];
             match (state.slot(i as usize, spec), slot) {
@@ -349,6 +383,7 @@ impl Catalog {
 
     /// Drops window entries that have left their window at `now_ms`.
     pub fn prune(&self, state: &mut ProfileState, now_ms: i64) {
+        let touched = &mut state.touched;
         state.slots.retain_mut(|(i, slot)| match slot {
             Slot::Window { entries, fold } => {
                 let spec = &self.aggs[*i as usize];
@@ -356,6 +391,7 @@ impl Catalog {
                 if gone > 0 {
                     entries.drain(..gone);
                     *fold = fold_of(spec, entries);
+                    touched.add(*i as usize);
                 }
                 !entries.is_empty()
             }
@@ -423,6 +459,47 @@ impl Catalog {
             values[*i as usize] = self.slot_value(slot, *i as usize, now_ms);
         }
         self.evaluate_with(&|i| values[i].clone(), traits, now_ms)
+    }
+
+    /// Brings `results` (every definition's value, as [`Catalog::evaluate`] gave them when
+    /// this state was last evaluated here) to their values now, re-evaluating only the
+    /// definitions that can have changed: those reading an aggregate observed, merged or
+    /// pruned since, a window whose oldest event is outside by now, the profile's traits or
+    /// `now()`, or a definition that changed. Without `results` (empty), evaluates all.
+    pub fn evaluate_changed(
+        &self,
+        state: &mut ProfileState,
+        traits: &dyn TraitSource,
+        now_ms: i64,
+        results: &mut Vec<Value>,
+    ) {
+        let touched = std::mem::take(&mut state.touched);
+        if results.len() != self.defs.len() {
+            *results = self.evaluate(state, traits, now_ms);
+            return;
+        }
+        let dirty = |i: usize| {
+            touched.has(i)
+                || match state.get(i) {
+                    Some(Slot::Window { entries, .. }) => entries
+                        .first()
+                        .is_some_and(|(at, _)| !self.aggs[i].in_window(at.0, now_ms)),
+                    _ => false,
+                }
+        };
+        let agg = |i| self.agg_value(state, i, now_ms);
+        let mut changed = vec![false; self.defs.len()];
+        for &i in &self.order {
+            let reads = &self.reads[i];
+            let affected = reads.always
+                || reads.aggs.iter().any(|&a| dirty(a))
+                || self.defs[i].deps.iter().any(|&d| changed[d]);
+            if affected {
+                let v = self.evaluate_def(i, &agg, traits, results, now_ms);
+                changed[i] = v != results[i];
+                results[i] = v;
+            }
+        }
     }
 
     /// The value of definition `target` alone (and of what it reads), as
@@ -558,6 +635,28 @@ fn dependency_order(defs: &[Definition]) -> Result<Vec<usize>, Vec<usize>> {
 pub struct ProfileState {
     /// By aggregate index, ascending; only aggregates some event matched.
     slots: Vec<(u32, Slot)>,
+    /// The aggregates changed since the last [`Catalog::evaluate_changed`] (see [`Touched`]).
+    touched: Touched,
+}
+
+/// A set of aggregate indexes: bit `i` for aggregate `i` below 63, bit 63 for "all".
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Touched(u64);
+
+impl Touched {
+    const ALL: u64 = 1 << 63;
+
+    fn add(&mut self, i: usize) {
+        self.0 |= if i < 63 { 1 << i } else { Self::ALL };
+    }
+
+    fn all() -> Touched {
+        Touched(Self::ALL)
+    }
+
+    fn has(self, i: usize) -> bool {
+        self.0 & Self::ALL != 0 || (i < 63 && self.0 & (1 << i) != 0)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -630,6 +630,8 @@ proptest! {
         let mut all: Vec<serde_json::Value> = Vec::new();
         let mut owned: Vec<Option<(ProfileState, Vec<usize>)>> = (0..4).map(|_| Some(Default::default())).collect();
         let mut now = NOW;
+        // Per profile: the results kept up to date by `evaluate_changed`.
+        let mut kept: Vec<Vec<Value>> = vec![Vec::new(); 4];
         for op in &ops {
             match *op {
                 Op::Event(p, t, n, dt, num, c) => {
@@ -659,7 +661,8 @@ proptest! {
                 }
             }
             // Every profile, after every step.
-            for (state, mine) in owned.iter().flatten() {
+            for (p, (state_mut, mine)) in owned.iter_mut().enumerate().filter_map(|(p, o)| Some((p, o.as_mut()?))) {
+                let state = &*state_mut;
                 let evs: Vec<Event<'_>> = mine
                     .iter()
                     .map(|&i| Event { offset: i as u64, timestamp_ms: all[i]["timestamp"].as_i64().expect("ts"), json: &all[i] })
@@ -684,6 +687,8 @@ proptest! {
                     prop_assert_eq!(&catalog.evaluate_one(state, &traits, now, i), want, "evaluate_one({})", i);
                 }
                 prop_assert_eq!(&incremental, &full, "incremental vs full recompute, specs {:?}", specs);
+                catalog.evaluate_changed(state_mut, &traits, now, &mut kept[p]);
+                prop_assert_eq!(&kept[p], &incremental, "evaluate_changed, specs {:?}", specs);
                 prop_assert_eq!(&full, &reference, "full recompute vs reference, specs {:?}", specs);
             }
         }

@@ -307,7 +307,8 @@ impl Compute {
             catalog.prune(&mut state, now);
         }
         let old_due = old_due.filter(|&t| t > now);
-        let results = catalog.evaluate(&state, &ProfileTraits(profile), now);
+        let mut results = old_results.clone();
+        catalog.evaluate_changed(&mut state, &ProfileTraits(profile), now, &mut results);
         // An item due earlier than needed re-evaluates the profile once, then reschedules.
         let due_ms = match (catalog.next_expiry(&state), old_due) {
             (Some(t), Some(due)) if due <= t => Some(due),
