@@ -97,9 +97,13 @@ impl Compute {
             .filter(|(id, e)| **id > after && e.results[def].is_true())
             .map(|(id, _)| *id)
             .collect();
-        ids.sort_unstable();
         let more = ids.len() > limit;
-        ids.truncate(limit);
+        if more {
+            // The page only: the `limit` smallest, not a sort of every member.
+            ids.select_nth_unstable(limit);
+            ids.truncate(limit);
+        }
+        ids.sort_unstable();
         (ids, more)
     }
 
