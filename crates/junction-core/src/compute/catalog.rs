@@ -478,21 +478,21 @@ impl Catalog {
             *results = self.evaluate(state, traits, now_ms);
             return;
         }
-        let dirty = |i: usize| {
-            touched.has(i)
-                || match state.get(i) {
-                    Some(Slot::Window { entries, .. }) => entries
-                        .first()
-                        .is_some_and(|(at, _)| !self.aggs[i].in_window(at.0, now_ms)),
-                    _ => false,
-                }
-        };
+        let mut dirty: Vec<bool> = (0..self.aggs.len()).map(|i| touched.has(i)).collect();
+        for (i, slot) in &state.slots {
+            if let Slot::Window { entries, .. } = slot
+                && let Some((at, _)) = entries.first()
+                && !self.aggs[*i as usize].in_window(at.0, now_ms)
+            {
+                dirty[*i as usize] = true;
+            }
+        }
         let agg = |i| self.agg_value(state, i, now_ms);
         let mut changed = vec![false; self.defs.len()];
         for &i in &self.order {
             let reads = &self.reads[i];
             let affected = reads.always
-                || reads.aggs.iter().any(|&a| dirty(a))
+                || reads.aggs.iter().any(|&a| dirty[a])
                 || self.defs[i].deps.iter().any(|&d| changed[d]);
             if affected {
                 let v = self.evaluate_def(i, &agg, traits, results, now_ms);
