@@ -168,7 +168,7 @@ use tokio::sync::{oneshot, watch};
 
 pub use fetch::EventFetcher;
 pub use format::{Entry, FORMAT_VERSION, MAX_SOURCE_LEN, OLDEST_FORMAT_VERSION, PendingFrame};
-pub use reader::{LogReader, Record, RecordRef};
+pub use reader::{LogReader, Pick, Record, RecordRef};
 
 use crate::metrics::{self, Histogram};
 use writer::{Shared, Submission, Writer, lock};
