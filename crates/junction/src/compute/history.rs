@@ -1,19 +1,28 @@
 //! The history pass: every definition computed over the log below an offset, in one read of
 //! the stored events (at start, for `rebuild`, for offline reads, and for a preview whose
 //! aggregates are not kept).
+//!
+//! Most events need not be parsed: the identity projection stored with each event holds its
+//! type and name, from which [`Plan`] tells whether no aggregate can match it, whether a
+//! fixed object of the type and name evaluates like it, or whether its JSON is needed (read
+//! with [`LogReader::next_frame_picked`], which decompresses a frame's JSON block only when
+//! one of its events needs it). Events without such a projection (older logs, derived
+//! events) are read whole, as before.
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use junction_core::compute::ProfileState;
+use junction_core::compute::slim::Plan;
+use junction_core::compute::{Event, ProfileState};
+use junction_core::event::EventType;
 use junction_core::identity::ProfileId;
 use rustc_hash::FxHashMap as HashMap;
 
 use super::derived::{self, Emitted};
 use super::{Compute, Outbox, Status};
 use crate::ingest::DERIVED_SOURCE;
-use crate::log::LogReader;
+use crate::log::{LogReader, Pick, RecordRef};
 use crate::unify::Unify;
 
 impl Compute {
@@ -40,34 +49,24 @@ impl Compute {
     ) -> anyhow::Result<Outbox> {
         let total = applied;
         let now = self.clock.now_ms();
-        let fresh = || derived::nothing(self.catalog.definitions().len());
-        let mut states: HashMap<ProfileId, (ProfileState, Emitted)> = HashMap::default();
+        let mut pass = Pass {
+            compute: self,
+            owners,
+            now,
+            states: States::new(graph.next_id()),
+            plans: Plans::default(),
+            done: 0,
+        };
         let mut reader = LogReader::open(log_dir, 0)?;
         reader.set_end_offset(Some(total));
-        let mut done = 0u64;
         let mut last_progress = Instant::now();
         loop {
-            let more = reader.next_frame(&mut |r| {
-                done = r.offset + 1;
-                let Some(&(owner, ts)) = owners.get(r.offset as usize) else {
-                    return;
-                };
-                if owner == 0 {
-                    return;
-                }
-                let (state, emitted) = states
-                    .entry(owner)
-                    .or_insert_with(|| (ProfileState::default(), fresh()));
-                if **r.source == *DERIVED_SOURCE {
-                    if let Ok(v) = serde_json::from_slice::<serde_json::Value>(r.json) {
-                        derived::record(&self.catalog, emitted, &v, r.offset);
-                    }
-                } else {
-                    self.observe(state, r.offset, ts, r.json, now);
-                }
-            })?;
+            let more = reader.next_frame_picked(&mut pass)?;
             if last_progress.elapsed() >= Duration::from_millis(100) {
-                self.set_status(Status::Computing { done, total });
+                self.set_status(Status::Computing {
+                    done: pass.done,
+                    total,
+                });
                 last_progress = Instant::now();
             }
             if !more {
@@ -76,7 +75,7 @@ impl Compute {
         }
         let mut outbox = Outbox::default();
         let mut profiles = self.write();
-        for (id, (state, emitted)) in states {
+        for (id, (state, emitted)) in pass.states.into_iter() {
             let out = emit.then_some(&mut outbox);
             self.settle(
                 &mut profiles,
@@ -95,6 +94,127 @@ impl Compute {
     }
 }
 
+/// The state of the history pass.
+struct Pass<'a> {
+    compute: &'a Compute,
+    owners: &'a [(ProfileId, i64)],
+    now: i64,
+    states: States,
+    plans: Plans,
+    /// The offset after the last record seen (progress).
+    done: u64,
+}
+
+impl Pick for Pass<'_> {
+    fn pick(&mut self, r: RecordRef<'_>) -> bool {
+        self.done = r.offset + 1;
+        let Some(&(owner, ts)) = self.owners.get(r.offset as usize) else {
+            return false;
+        };
+        if owner == 0 {
+            return false;
+        }
+        if **r.source == *DERIVED_SOURCE {
+            return true;
+        }
+        let Some((kind, name)) = junction_core::identity::type_and_name(r.identity) else {
+            return true;
+        };
+        let plan = self.plans.get(&self.compute.reads, kind, name.as_deref());
+        let (state, _) = self.states.entry(owner, self.compute);
+        match plan {
+            Plan::Skip => false,
+            Plan::Fixed(json) => {
+                let ev = Event {
+                    offset: r.offset,
+                    timestamp_ms: ts,
+                    json,
+                };
+                self.compute.catalog.observe(state, &ev, self.now);
+                false
+            }
+            Plan::Slim => true,
+        }
+    }
+
+    fn visit(&mut self, r: RecordRef<'_>) {
+        self.done = r.offset + 1;
+        let Some(&(owner, ts)) = self.owners.get(r.offset as usize) else {
+            return;
+        };
+        if owner == 0 {
+            return;
+        }
+        let (state, emitted) = self.states.entry(owner, self.compute);
+        if **r.source == *DERIVED_SOURCE {
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(r.json) {
+                derived::record(&self.compute.catalog, emitted, &v, r.offset);
+            }
+        } else {
+            self.compute.observe(state, r.offset, ts, r.json, self.now);
+        }
+    }
+}
+
+/// Every profile's state during the pass, by profile id (ids are dense: the graph hands
+/// them out from 1 up).
+struct States(Vec<Option<(ProfileState, Emitted)>>);
+
+impl States {
+    fn new(next_id: ProfileId) -> States {
+        States(Vec::with_capacity(usize::try_from(next_id).unwrap_or(0)))
+    }
+
+    fn entry(&mut self, id: ProfileId, compute: &Compute) -> &mut (ProfileState, Emitted) {
+        let i = usize::try_from(id).expect("a profile id fits in memory");
+        if i >= self.0.len() {
+            self.0.resize_with(i + 1, || None);
+        }
+        self.0[i].get_or_insert_with(|| {
+            let fresh = derived::nothing(compute.catalog.definitions().len());
+            (ProfileState::default(), fresh)
+        })
+    }
+
+    fn into_iter(self) -> impl Iterator<Item = (ProfileId, (ProfileState, Emitted))> {
+        (self.0.into_iter().enumerate()).filter_map(|(id, s)| Some((id as ProfileId, s?)))
+    }
+}
+
+/// [`Plan`]s by event type and name, made on first use.
+#[derive(Default)]
+struct Plans {
+    by_type: HashMap<EventType, TypePlans>,
+}
+
+/// The plans of one event type: of events without a name, and by name.
+#[derive(Default)]
+struct TypePlans {
+    unnamed: Option<Plan>,
+    named: HashMap<Box<str>, Plan>,
+}
+
+impl Plans {
+    fn get(
+        &mut self,
+        reads: &junction_core::compute::slim::Reads,
+        kind: EventType,
+        name: Option<&str>,
+    ) -> &Plan {
+        let TypePlans { unnamed, named } = self.by_type.entry(kind).or_default();
+        let make = || reads.plan(kind.as_str(), name);
+        match name {
+            None => unnamed.get_or_insert_with(make),
+            Some(n) => {
+                if !named.contains_key(n) {
+                    named.insert(n.into(), make());
+                }
+                &named[n]
+            }
+        }
+    }
+}
+
 /// Computes everything for a stopped data dir (offline reads): the history, no thread.
 pub fn compute_offline(compute: &Compute, unify: &Unify, log_dir: &Path) -> anyhow::Result<()> {
     if compute.catalog.is_empty() {
@@ -104,4 +224,188 @@ pub fn compute_offline(compute: &Compute, unify: &Unify, log_dir: &Path) -> anyh
     compute
         .backfill(unify, log_dir, (applied, &owners), false)
         .map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use junction_core::event::{Limits, Normalized, RequestMeta, normalize_one};
+    use junction_core::identity::Rules;
+
+    use super::*;
+    use crate::clock::FixedClock;
+    use crate::config::{AudienceConfig, ComputedTraitConfig, Definitions};
+    use crate::log::{Codec, Entry, Log, LogConfig, PendingFrame};
+
+    const DAY: i64 = 86_400_000;
+    const NOW: i64 = 1_796_000_000_000;
+
+    /// Deterministic pseudo-random numbers (an LCG).
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1);
+            (self.0 >> 33) % n
+        }
+    }
+
+    /// Stored events of a few users: several types, names that a filter lists or not, an
+    /// escaped name, revenues in quarters (exact sums).
+    fn events(n: usize) -> Vec<Normalized> {
+        let mut rng = Rng(7);
+        let meta = RequestMeta {
+            received_at_ms: NOW,
+            client_ip: None,
+            browser: false,
+        };
+        (0..n)
+            .map(|i| {
+                let user = rng.below(200);
+                let ts = junction_core::timestamp::format(NOW - rng.below(60) as i64 * DAY / 2);
+                let ids = format!(r#""userId":"u{user}","anonymousId":"a{i}","timestamp":"{ts}""#);
+                let revenue = rng.below(40) as f64 * 0.25;
+                let name = [
+                    r#""Order Completed""#,
+                    r#""Product Viewed""#,
+                    r#""Product\u0020Viewed""#,
+                    r#""Signed Up""#,
+                    r#""Other""#,
+                ][rng.below(5) as usize];
+                let json = match rng.below(6) {
+                    0 => format!(r#"{{"type":"identify",{ids},"traits":{{"plan":"pro"}}}}"#),
+                    1 => format!(r#"{{"type":"page",{ids},"properties":{{"revenue":{revenue}}}}}"#),
+                    2 => format!(r#"{{"type":"screen","name":"S",{ids}}}"#),
+                    _ => format!(
+                        r#"{{"type":"track","event":{name},{ids},"properties":{{"revenue":{revenue}}}}}"#
+                    ),
+                };
+                normalize_one(json.as_bytes(), &meta, &Limits::default()).expect("valid")
+            })
+            .collect()
+    }
+
+    /// Writes `events` in frames of 1 to 30, with `identity` deciding each stored projection.
+    fn write_log(dir: &Path, events: &[Normalized], identity: fn(&Normalized) -> Vec<u8>) {
+        let (log, _) = Log::open(LogConfig::new(dir)).unwrap();
+        let mut rng = Rng(3);
+        let mut rest = events;
+        while !rest.is_empty() {
+            let (frame, tail) = rest.split_at((1 + rng.below(30) as usize).min(rest.len()));
+            rest = tail;
+            let identities: Vec<Vec<u8>> = frame.iter().map(identity).collect();
+            let entries = frame.iter().zip(&identities).map(|(e, id)| Entry {
+                message_id: &e.message_id,
+                json: &e.json,
+                identity: id,
+            });
+            let codec = [Codec::None, Codec::Lz4][rng.below(2) as usize];
+            log.append_blocking(PendingFrame::encode("web", NOW, entries, codec))
+                .unwrap();
+        }
+    }
+
+    /// Two catalogs: the benchmark's (most events match no aggregate), and one where every
+    /// event matches some aggregate, most only by type and name.
+    fn catalogs() -> [Definitions; 2] {
+        let t = |key: &str, expr: &str| ComputedTraitConfig {
+            key: key.into(),
+            expr: expr.into(),
+            description: String::new(),
+        };
+        let a = |key: &str, expr: &str| AudienceConfig {
+            key: key.into(),
+            name: None,
+            expr: expr.into(),
+            description: String::new(),
+        };
+        let revenue = || {
+            t(
+                "revenue",
+                r#"sum(properties.revenue, event = "Order Completed")"#,
+            )
+        };
+        let viewers = || {
+            a(
+                "viewers",
+                r#"count(event = "Product Viewed", within = 10d) >= 2 and count(event in ["Order Completed", "Signed Up"], within = 10d) == 0"#,
+            )
+        };
+        let bench = Definitions::new(vec![revenue()], vec![viewers()]).unwrap();
+        let wide = Definitions::new(
+            vec![
+                revenue(),
+                t("pages", r#"count(type = "page", within = 7d)"#),
+                t(
+                    "big",
+                    r#"count(type = "page", where = properties.revenue > 5)"#,
+                ),
+                t("seen", "last_seen()"),
+                t("names", "unique(event)"),
+            ],
+            vec![viewers()],
+        )
+        .unwrap();
+        [bench, wide]
+    }
+
+    fn compute(
+        definitions: &Definitions,
+        dir: &Path,
+        graph: &junction_core::identity::Graph,
+        next: u64,
+    ) -> Compute {
+        let clock = Arc::new(FixedClock::new(NOW));
+        let compute = Compute::new(definitions, clock, Duration::from_secs(1));
+        let owners = crate::unify::owners(graph, next);
+        compute
+            .compute_history(dir, (next, &owners), false, graph)
+            .unwrap();
+        compute
+    }
+
+    /// Regression pin of the fast path: computing from the type and name in the identity
+    /// projection gives exactly what reading every event's JSON gives.
+    #[test]
+    fn the_history_pass_from_projections_equals_the_pass_over_the_json() {
+        let events = events(3000);
+        let tmp = tempfile::tempdir().unwrap();
+        let (fast, slow) = (tmp.path().join("fast"), tmp.path().join("slow"));
+        write_log(&fast, &events, |e| e.identity.clone());
+        assert!(
+            events
+                .iter()
+                .all(|e| type_and_name_of(&e.identity).is_some())
+        );
+        // No projection: every event is read whole, as before projections held the name.
+        write_log(&slow, &events, |_| Vec::new());
+        let (graph, next) =
+            crate::unify::processor::replay(&fast, Rules::default(), &mut |_, _| ()).unwrap();
+        assert_eq!(next, 3000);
+        for definitions in catalogs() {
+            let (a, b) = (
+                compute(&definitions, &fast, &graph, next),
+                compute(&definitions, &slow, &graph, next),
+            );
+            let mut seen = 0;
+            for p in graph.profiles() {
+                let (fast, slow) = (a.results(p.id), b.results(p.id));
+                assert_eq!(fast, slow, "profile {}", p.id);
+                seen += usize::from(fast.is_some());
+            }
+            assert_eq!(seen, 200, "one profile per user");
+            assert_eq!(a.audiences(), b.audiences());
+            let members: u64 = a.audiences().iter().map(|(_, n)| n).sum();
+            assert!(members > 5 && members < 195, "{members} members");
+        }
+    }
+
+    fn type_and_name_of(identity: &[u8]) -> Option<()> {
+        junction_core::identity::type_and_name(identity).map(drop)
+    }
 }
