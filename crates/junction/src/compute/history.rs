@@ -8,9 +8,18 @@
 //! with [`LogReader::next_frame_picked`], which decompresses a frame's JSON block only when
 //! one of its events needs it). Events without such a projection (older logs, derived
 //! events) are read whole, as before.
+//!
+//! The log is read by up to [`MAX_WORKERS`] threads, one segment at a time each, into their
+//! own per-profile states, combined at the end: aggregates merge like the states of merged
+//! profiles ([`Catalog::absorb`]) and derived records keep the latest write
+//! ([`derived::absorb`]), so the result does not depend on which worker read what (up to
+//! the last bits of `f64` sums, as for any order of events).
+//!
+//! [`Catalog::absorb`]: junction_core::compute::Catalog::absorb
 
 use std::path::Path;
-use std::sync::atomic::Ordering;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use junction_core::compute::slim::Plan;
@@ -43,39 +52,85 @@ impl Compute {
     pub fn compute_history(
         &self,
         log_dir: &Path,
-        (applied, owners): (u64, &[(ProfileId, i64)]),
+        owners: (u64, &[(ProfileId, i64)]),
         emit: bool,
         graph: &junction_core::identity::Graph,
     ) -> anyhow::Result<Outbox> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        self.history_pass(log_dir, owners, emit, graph, cores.min(MAX_WORKERS))
+    }
+
+    /// [`Compute::compute_history`] with `max_workers` threads at most.
+    fn history_pass(
+        &self,
+        log_dir: &Path,
+        (applied, owners): (u64, &[(ProfileId, i64)]),
+        emit: bool,
+        graph: &junction_core::identity::Graph,
+        max_workers: usize,
+    ) -> anyhow::Result<Outbox> {
         let total = applied;
         let now = self.clock.now_ms();
-        let mut pass = Pass {
-            compute: self,
-            owners,
-            now,
-            states: States::new(graph.next_id()),
-            plans: Plans::default(),
-            done: 0,
+        // Segments are frame boundaries: workers take them in turn, each into its own
+        // states, merged at the end (aggregates and derived records merge exactly).
+        let starts = LogReader::segment_starts(log_dir)?;
+        let ranges: Vec<(u64, u64)> = (starts.iter().enumerate())
+            .map(|(i, &from)| (from, starts.get(i + 1).map_or(total, |&n| n.min(total))))
+            .filter(|(from, to)| from < to)
+            .collect();
+        let workers = max_workers.min(ranges.len()).max(1);
+        let next_range = AtomicUsize::new(0);
+        let progress = Progress {
+            done: AtomicU64::new(0),
+            last: Mutex::new(Instant::now()),
         };
-        let mut reader = LogReader::open(log_dir, 0)?;
-        reader.set_end_offset(Some(total));
-        let mut last_progress = Instant::now();
-        loop {
-            let more = reader.next_frame_picked(&mut pass)?;
-            if last_progress.elapsed() >= Duration::from_millis(100) {
-                self.set_status(Status::Computing {
-                    done: pass.done,
-                    total,
-                });
-                last_progress = Instant::now();
+        let work = || -> anyhow::Result<States> {
+            let mut pass = Pass {
+                compute: self,
+                owners,
+                now,
+                states: States::new(graph.next_id()),
+                plans: Plans::default(),
+                seen: 0,
+            };
+            while let Some(&(from, to)) = ranges.get(next_range.fetch_add(1, Ordering::Relaxed)) {
+                let mut reader = LogReader::open(log_dir, from)?;
+                reader.set_end_offset(Some(to));
+                while reader.next_frame_picked(&mut pass)? {
+                    let seen = std::mem::take(&mut pass.seen);
+                    progress.add(self, seen, total);
+                }
             }
-            if !more {
-                break;
+            Ok(pass.states)
+        };
+        let states = if workers == 1 {
+            work()?
+        } else {
+            let done: Vec<anyhow::Result<States>> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..workers)
+                    .map(|_| {
+                        std::thread::Builder::new()
+                            .name("compute-history".into())
+                            .spawn_scoped(s, work)
+                    })
+                    .collect::<Result<_, _>>()?;
+                Ok::<_, std::io::Error>(
+                    handles
+                        .into_iter()
+                        .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                        .collect(),
+                )
+            })?;
+            let mut done = done.into_iter();
+            let mut states = done.next().expect("one worker at least")?;
+            for more in done {
+                states.absorb(more?, &self.catalog);
             }
-        }
+            states
+        };
         let mut outbox = Outbox::default();
         let mut profiles = self.write();
-        for (id, (state, emitted)) in pass.states.into_iter() {
+        for (id, (state, emitted)) in states.into_iter() {
             let out = emit.then_some(&mut outbox);
             self.settle(
                 &mut profiles,
@@ -101,13 +156,38 @@ struct Pass<'a> {
     now: i64,
     states: States,
     plans: Plans,
-    /// The offset after the last record seen (progress).
-    done: u64,
+    /// Records seen since the last progress report.
+    seen: u64,
+}
+
+/// Workers of the history pass at most (each keeps a state per profile until the merge).
+const MAX_WORKERS: usize = 4;
+
+/// The pass's progress, shared by its workers.
+struct Progress {
+    /// Records read.
+    done: AtomicU64,
+    /// When the status was last set.
+    last: Mutex<Instant>,
+}
+
+impl Progress {
+    /// Counts `seen` more records; sets the status at most every 100 ms.
+    fn add(&self, compute: &Compute, seen: u64, total: u64) {
+        let done = self.done.fetch_add(seen, Ordering::Relaxed) + seen;
+        let Ok(mut last) = self.last.try_lock() else {
+            return;
+        };
+        if last.elapsed() >= Duration::from_millis(100) {
+            compute.set_status(Status::Computing { done, total });
+            *last = Instant::now();
+        }
+    }
 }
 
 impl Pick for Pass<'_> {
     fn pick(&mut self, r: RecordRef<'_>) -> bool {
-        self.done = r.offset + 1;
+        self.seen += 1;
         let Some(&(owner, ts)) = self.owners.get(r.offset as usize) else {
             return false;
         };
@@ -138,7 +218,9 @@ impl Pick for Pass<'_> {
     }
 
     fn visit(&mut self, r: RecordRef<'_>) {
-        self.done = r.offset + 1;
+        if r.identity.is_empty() {
+            self.seen += 1; // not seen by `pick`
+        }
         let Some(&(owner, ts)) = self.owners.get(r.offset as usize) else {
             return;
         };
@@ -174,6 +256,23 @@ impl States {
             let fresh = derived::nothing(compute.catalog.definitions().len());
             (ProfileState::default(), fresh)
         })
+    }
+
+    /// Adds the states of `other` (another part of the log) to these.
+    fn absorb(&mut self, other: States, catalog: &junction_core::compute::Catalog) {
+        if other.0.len() > self.0.len() {
+            self.0.resize_with(other.0.len(), || None);
+        }
+        for (mine, theirs) in self.0.iter_mut().zip(other.0) {
+            match (mine, theirs) {
+                (_, None) => {}
+                (mine @ None, theirs) => *mine = theirs,
+                (Some((state, emitted)), Some((their_state, their_emitted))) => {
+                    catalog.absorb(state, their_state);
+                    derived::absorb(emitted, &their_emitted);
+                }
+            }
+        }
     }
 
     fn into_iter(self) -> impl Iterator<Item = (ProfileId, (ProfileState, Emitted))> {
@@ -278,7 +377,9 @@ mod tests {
                     r#""Other""#,
                 ][rng.below(5) as usize];
                 let json = match rng.below(6) {
-                    0 => format!(r#"{{"type":"identify",{ids},"traits":{{"plan":"pro"}}}}"#),
+                    0 => format!(
+                        r#"{{"type":"identify",{ids},"traits":{{"plan":"pro","revenue":{revenue}}}}}"#
+                    ),
                     1 => format!(r#"{{"type":"page",{ids},"properties":{{"revenue":{revenue}}}}}"#),
                     2 => format!(r#"{{"type":"screen","name":"S",{ids}}}"#),
                     _ => format!(
@@ -292,7 +393,11 @@ mod tests {
 
     /// Writes `events` in frames of 1 to 30, with `identity` deciding each stored projection.
     fn write_log(dir: &Path, events: &[Normalized], identity: fn(&Normalized) -> Vec<u8>) {
-        let (log, _) = Log::open(LogConfig::new(dir)).unwrap();
+        let config = LogConfig {
+            segment_bytes: 64 << 10,
+            ..LogConfig::new(dir)
+        };
+        let (log, _) = Log::open(config).unwrap();
         let mut rng = Rng(3);
         let mut rest = events;
         while !rest.is_empty() {
@@ -305,7 +410,12 @@ mod tests {
                 identity: id,
             });
             let codec = [Codec::None, Codec::Lz4][rng.below(2) as usize];
-            log.append_blocking(PendingFrame::encode("web", NOW, entries, codec))
+            // Some frames are derived events, read back as what the log holds.
+            let source = match rng.below(8) {
+                0 => DERIVED_SOURCE,
+                _ => "web",
+            };
+            log.append_blocking(PendingFrame::encode(source, NOW, entries, codec))
                 .unwrap();
         }
     }
@@ -359,18 +469,20 @@ mod tests {
         dir: &Path,
         graph: &junction_core::identity::Graph,
         next: u64,
+        workers: usize,
     ) -> Compute {
         let clock = Arc::new(FixedClock::new(NOW));
         let compute = Compute::new(definitions, clock, Duration::from_secs(1));
         let owners = crate::unify::owners(graph, next);
         compute
-            .compute_history(dir, (next, &owners), false, graph)
+            .history_pass(dir, (next, &owners), false, graph, workers)
             .unwrap();
         compute
     }
 
     /// Regression pin of the fast path: computing from the type and name in the identity
-    /// projection gives exactly what reading every event's JSON gives.
+    /// projection, by one worker or several, gives exactly what one pass reading every
+    /// event's JSON gives.
     #[test]
     fn the_history_pass_from_projections_equals_the_pass_over_the_json() {
         let events = events(3000);
@@ -387,21 +499,31 @@ mod tests {
         let (graph, next) =
             crate::unify::processor::replay(&fast, Rules::default(), &mut |_, _| ()).unwrap();
         assert_eq!(next, 3000);
+        assert!(LogReader::segment_starts(&fast).unwrap().len() > 5);
         for definitions in catalogs() {
-            let (a, b) = (
-                compute(&definitions, &fast, &graph, next),
-                compute(&definitions, &slow, &graph, next),
-            );
-            let mut seen = 0;
-            for p in graph.profiles() {
-                let (fast, slow) = (a.results(p.id), b.results(p.id));
-                assert_eq!(fast, slow, "profile {}", p.id);
-                seen += usize::from(fast.is_some());
+            let slow = compute(&definitions, &slow, &graph, next, 1);
+            for workers in [1, 3] {
+                let fast = compute(&definitions, &fast, &graph, next, workers);
+                let mut seen = 0;
+                for p in graph.profiles() {
+                    let results = fast.results(p.id);
+                    assert_eq!(results, slow.results(p.id), "profile {}", p.id);
+                    let emitted =
+                        |c: &Compute| c.read().entries.get(&p.id).unwrap().emitted.clone();
+                    assert_eq!(emitted(&fast), emitted(&slow), "emitted of {}", p.id);
+                    seen += usize::from(results.is_some());
+                }
+                assert_eq!(seen, 200, "one profile per user");
+                assert_eq!(fast.audiences(), slow.audiences());
+                let members: u64 = fast.audiences().iter().map(|(_, n)| n).sum();
+                assert!(members > 5 && members < 195, "{members} members");
+                let recorded = |c: &Compute| {
+                    let profiles = c.read();
+                    let writes = profiles.entries.values().flat_map(|e| &e.emitted);
+                    writes.filter(|(_, offset)| *offset > 0).count()
+                };
+                assert!(recorded(&fast) > 10, "derived events read back");
             }
-            assert_eq!(seen, 200, "one profile per user");
-            assert_eq!(a.audiences(), b.audiences());
-            let members: u64 = a.audiences().iter().map(|(_, n)| n).sum();
-            assert!(members > 5 && members < 195, "{members} members");
         }
     }
 

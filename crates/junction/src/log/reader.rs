@@ -180,6 +180,16 @@ impl LogReader {
         Ok(reader)
     }
 
+    /// The first offsets of the log's segments, ascending: frame boundaries at which the
+    /// log can be split for readers working side by side (each from one boundary, with the
+    /// next as its end offset).
+    pub fn segment_starts(dir: &Path) -> Result<Vec<u64>, LogError> {
+        Ok(list_segments(dir)?
+            .into_iter()
+            .map(|(base, _)| base)
+            .collect())
+    }
+
     /// Stops before offset `end` (exclusive) until raised again; `None` reads to the tail.
     pub fn set_end_offset(&mut self, end: Option<u64>) {
         self.end = end;
