@@ -130,7 +130,12 @@ impl Compute {
         };
         let mut outbox = Outbox::default();
         let mut profiles = self.write();
+        let definitions = self.catalog.definitions().len();
         for (id, (state, emitted)) in states.into_iter() {
+            let emitted = match emitted.is_empty() {
+                true => derived::nothing(definitions),
+                false => emitted,
+            };
             let out = emit.then_some(&mut outbox);
             self.settle(
                 &mut profiles,
@@ -201,7 +206,7 @@ impl Pick for Pass<'_> {
             return true;
         };
         let plan = self.plans.get(&self.compute.reads, kind, name.as_deref());
-        let (state, _) = self.states.entry(owner, self.compute);
+        let (state, _) = self.states.entry(owner);
         match plan {
             Plan::Skip => false,
             Plan::Fixed(json) => {
@@ -227,10 +232,14 @@ impl Pick for Pass<'_> {
         if owner == 0 {
             return;
         }
-        let (state, emitted) = self.states.entry(owner, self.compute);
+        let (state, emitted) = self.states.entry(owner);
         if **r.source == *DERIVED_SOURCE {
             if let Ok(v) = serde_json::from_slice::<serde_json::Value>(r.json) {
-                derived::record(&self.compute.catalog, emitted, &v, r.offset);
+                let catalog = &self.compute.catalog;
+                if emitted.is_empty() {
+                    *emitted = derived::nothing(catalog.definitions().len());
+                }
+                derived::record(catalog, emitted, &v, r.offset);
             }
         } else {
             self.compute.observe(state, r.offset, ts, r.json, self.now);
@@ -247,15 +256,14 @@ impl States {
         States(Vec::with_capacity(usize::try_from(next_id).unwrap_or(0)))
     }
 
-    fn entry(&mut self, id: ProfileId, compute: &Compute) -> &mut (ProfileState, Emitted) {
+    /// The state of profile `id`; its `Emitted` stays empty (no allocation) until a derived
+    /// event of the profile is read.
+    fn entry(&mut self, id: ProfileId) -> &mut (ProfileState, Emitted) {
         let i = usize::try_from(id).expect("a profile id fits in memory");
         if i >= self.0.len() {
             self.0.resize_with(i + 1, || None);
         }
-        self.0[i].get_or_insert_with(|| {
-            let fresh = derived::nothing(compute.catalog.definitions().len());
-            (ProfileState::default(), fresh)
-        })
+        self.0[i].get_or_insert_with(Default::default)
     }
 
     /// Adds the states of `other` (another part of the log) to these.
@@ -269,7 +277,11 @@ impl States {
                 (mine @ None, theirs) => *mine = theirs,
                 (Some((state, emitted)), Some((their_state, their_emitted))) => {
                     catalog.absorb(state, their_state);
-                    derived::absorb(emitted, &their_emitted);
+                    if emitted.is_empty() {
+                        *emitted = their_emitted;
+                    } else if !their_emitted.is_empty() {
+                        derived::absorb(emitted, &their_emitted);
+                    }
                 }
             }
         }
