@@ -130,6 +130,8 @@ impl Compute {
         };
         let mut outbox = Outbox::default();
         let mut profiles = self.write();
+        // Grown once rather than by doubling (each doubling moved every entry).
+        profiles.entries.reserve(states.count());
         let definitions = self.catalog.definitions().len();
         for (id, (state, emitted)) in states.into_iter() {
             let emitted = match emitted.is_empty() {
@@ -264,6 +266,11 @@ impl States {
             self.0.resize_with(i + 1, || None);
         }
         self.0[i].get_or_insert_with(Default::default)
+    }
+
+    /// The number of profiles with a state.
+    fn count(&self) -> usize {
+        self.0.iter().filter(|s| s.is_some()).count()
     }
 
     /// Adds the states of `other` (another part of the log) to these.
