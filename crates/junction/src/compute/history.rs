@@ -94,11 +94,19 @@ impl Compute {
                 seen: 0,
             };
             while let Some(&(from, to)) = ranges.get(next_range.fetch_add(1, Ordering::Relaxed)) {
-                let mut reader = LogReader::open(log_dir, from)?;
-                reader.set_end_offset(Some(to));
-                while reader.next_frame_picked(&mut pass)? {
-                    let seen = std::mem::take(&mut pass.seen);
-                    progress.add(self, seen, total);
+                let mut read = || -> anyhow::Result<()> {
+                    let mut reader = LogReader::open(log_dir, from)?;
+                    reader.set_end_offset(Some(to));
+                    while reader.next_frame_picked(&mut pass)? {
+                        let seen = std::mem::take(&mut pass.seen);
+                        progress.add(self, seen, total);
+                    }
+                    Ok(())
+                };
+                if let Err(e) = read() {
+                    // The pass fails: the other workers take no further segment.
+                    next_range.store(ranges.len(), Ordering::Relaxed);
+                    return Err(e);
                 }
             }
             Ok(pass.states)
@@ -543,6 +551,34 @@ mod tests {
                 };
                 assert!(recorded(&fast) > 10, "derived events read back");
             }
+        }
+    }
+
+    #[test]
+    fn a_corrupt_segment_fails_the_pass_with_any_number_of_workers() {
+        let events = events(1500);
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        write_log(dir, &events, |e| e.identity.clone());
+        let (graph, next) =
+            crate::unify::processor::replay(dir, Rules::default(), &mut |_, _| ()).unwrap();
+        let starts = LogReader::segment_starts(dir).unwrap();
+        assert!(starts.len() > 3);
+        // A byte inside the first frame of the second segment: its CRC no longer matches.
+        let second = dir.join(format!("{:020}.seg", starts[1]));
+        let mut bytes = std::fs::read(&second).unwrap();
+        bytes[32 + 8 + 30] ^= 0x55;
+        std::fs::write(&second, bytes).unwrap();
+        let [definitions, _] = catalogs();
+        for workers in [1, 3] {
+            let clock = Arc::new(FixedClock::new(NOW));
+            let compute = Compute::new(&definitions, clock, Duration::from_secs(1));
+            let owners = crate::unify::owners(&graph, next);
+            let err = compute
+                .history_pass(dir, (next, &owners), false, &graph, workers)
+                .err()
+                .expect("the pass fails");
+            assert!(err.to_string().contains("corrupt log segment"), "{err:#}");
         }
     }
 
