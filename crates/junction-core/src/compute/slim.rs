@@ -4,7 +4,10 @@
 //! and which (type, name) pairs any aggregate can match. [`Reads::slim`] scans one stored
 //! event once: it returns `None` when no aggregate can match the event's type and name
 //! (without building anything), else an object holding `type`, `event` and the members read,
-//! which evaluates exactly like the whole event for that catalog.
+//! which evaluates exactly like the whole event for that catalog. [`Reads::plan`] says, from
+//! an event's type and name alone (the identity projection holds both), whether no
+//! aggregate can match it, whether a fixed object of its type and name evaluates exactly
+//! like it (the aggregates that can match read nothing else), or whether it must be slimmed.
 
 use super::catalog::Catalog;
 use super::program::{Field, Node};
@@ -14,8 +17,21 @@ use super::program::{Field, Node};
 pub struct Reads {
     /// Top-level members read besides `type` and `event`.
     roots: Vec<Box<str>>,
-    /// Per aggregate: the names and types it accepts.
-    filters: Vec<(Allowed, Allowed)>,
+    /// Per aggregate: the names and types it accepts, and whether it reads members besides
+    /// `type` and `event`.
+    filters: Vec<(Allowed, Allowed, bool)>,
+}
+
+/// What events of one type and name need ([`Reads::plan`]).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Plan {
+    /// No aggregate can match them.
+    Skip,
+    /// The aggregates that can match them read only their type and name (and timestamp):
+    /// this object of the type and name evaluates exactly like each of them.
+    Fixed(serde_json::Value),
+    /// Some aggregate that can match them reads other members: [`Reads::slim`] each one.
+    Slim,
 }
 
 /// The values a filter accepts (`None`: any).
@@ -26,13 +42,16 @@ impl Reads {
         let mut roots: Vec<Box<str>> = Vec::new();
         let mut filters = Vec::new();
         for spec in catalog.aggregates() {
+            let mut own = Vec::new();
             for node in spec.value.iter().chain(&spec.filter) {
-                collect_roots(node, &mut roots);
+                collect_roots(node, &mut own);
             }
+            let reads_members = own.iter().any(|r| !matches!(&**r, "type" | "event"));
+            roots.extend(own);
             let names = |l: &Option<Box<[std::sync::Arc<str>]>>| {
                 l.as_ref().map(|l| l.iter().map(|s| (**s).into()).collect())
             };
-            filters.push((names(&spec.events), names(&spec.types)));
+            filters.push((names(&spec.events), names(&spec.types), reads_members));
         }
         roots.sort();
         roots.dedup();
@@ -40,16 +59,46 @@ impl Reads {
         Reads { roots, filters }
     }
 
+    /// The aggregates that accept events of this type and name: whether each reads
+    /// members besides `type` and `event`.
+    fn accepting<'r>(
+        &'r self,
+        kind: &'r str,
+        name: Option<&'r str>,
+    ) -> impl Iterator<Item = bool> + 'r {
+        self.filters
+            .iter()
+            .filter(move |(names, types, _)| {
+                types
+                    .as_ref()
+                    .is_none_or(|t| t.iter().any(|x| &**x == kind))
+                    && names
+                        .as_ref()
+                        .is_none_or(|n| name.is_some_and(|name| n.iter().any(|x| &**x == name)))
+            })
+            .map(|(_, _, reads_members)| *reads_members)
+    }
+
     /// Whether some aggregate accepts events of this type and name.
     pub fn may_match(&self, kind: &str, name: Option<&str>) -> bool {
-        self.filters.iter().any(|(names, types)| {
-            types
-                .as_ref()
-                .is_none_or(|t| t.iter().any(|x| &**x == kind))
-                && names
-                    .as_ref()
-                    .is_none_or(|n| name.is_some_and(|name| n.iter().any(|x| &**x == name)))
-        })
+        self.accepting(kind, name).next().is_some()
+    }
+
+    /// What events of this type and name (`None`: no `event` string) need (see [`Plan`]).
+    pub fn plan(&self, kind: &str, name: Option<&str>) -> Plan {
+        let mut accepting = self.accepting(kind, name).peekable();
+        if accepting.peek().is_none() {
+            return Plan::Skip;
+        }
+        if accepting.any(|reads_members| reads_members) {
+            return Plan::Slim;
+        }
+        let mut out = serde_json::Map::new();
+        out.insert("type".into(), kind.into());
+        if let Some(e) = name {
+            out.insert("event".into(), e.into());
+        }
+        Plan::Fixed(serde_json::Value::Object(out))
     }
 
     /// The parts of `json` (a stored event: valid JSON) the catalog reads, or `None` when no

@@ -682,6 +682,23 @@ proptest! {
                     }
                 }
                 prop_assert_eq!(&catalog.evaluate(&slimmed, &traits, now), &full, "slim events");
+                // Planned from the type and name alone, as the history pass does.
+                let mut planned = ProfileState::default();
+                for e in &evs {
+                    let kind = e.json["type"].as_str().expect("a type");
+                    match reads.plan(kind, e.json["event"].as_str()) {
+                        super::slim::Plan::Skip => {}
+                        super::slim::Plan::Fixed(v) => {
+                            catalog.observe(&mut planned, &Event { json: &v, ..*e }, now);
+                        }
+                        super::slim::Plan::Slim => {
+                            let bytes = serde_json::to_vec(e.json).expect("serializable");
+                            let v = reads.slim(&bytes).expect("valid JSON").expect("may match");
+                            catalog.observe(&mut planned, &Event { json: &v, ..*e }, now);
+                        }
+                    }
+                }
+                prop_assert_eq!(&planned, &slimmed, "planned events");
                 let reference = reference::evaluate(&catalog, &evs, &traits, now);
                 for (i, want) in incremental.iter().enumerate() {
                     prop_assert_eq!(&catalog.evaluate_one(state, &traits, now, i), want, "evaluate_one({})", i);

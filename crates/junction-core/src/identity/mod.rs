@@ -24,5 +24,5 @@ pub use profile::{
     Account, EventMeta, EventRef, ExternalId, LastEvent, MergeRecord, Profile, ProfileId,
     TraitValue,
 };
-pub use project::{Projection, project};
+pub use project::{Projection, project, type_and_name};
 pub use rules::{CustomId, Kind, Rules, RulesSpec, TypeSpec};

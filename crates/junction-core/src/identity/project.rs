@@ -15,6 +15,9 @@
 //!   0x81..=0x84 the same ids otherwise, as JSON text     (escaped strings, numbers, null, ...)
 //!   5 traits, 6 context.traits, 7 context.device, 8 context.externalIds, 9 integrations
 //!     (only when it may name Google Analytics)           as JSON text
+//!   10 event (the track event's name)                    a string without escapes, as text
+//!   0x8A event otherwise                                 as JSON text; empty when the event
+//!                                                        has no `event` member
 //! ```
 //!
 //! A reader takes the last occurrence of each tag and skips tags it does not know. Hence,
@@ -23,7 +26,14 @@
 //! refused through the other). [`project`] computes the projection from a stored event's
 //! JSON (tests, and events stored without one).
 //!
+//! The event tag is not read by identity resolution: it lets Compute's history pass skip the
+//! events no aggregate can match without reading their JSON ([`type_and_name`]). It is in
+//! every projection written since it was added (an event without `event` gets an empty
+//! `0x8A`), so a projection without it (written before) says nothing about the name.
+//!
 //! [`Rules`]: super::Rules
+
+use std::borrow::Cow;
 
 use crate::event::EventType;
 use crate::json::{for_each_member, has_backslash, unquote};
@@ -43,6 +53,7 @@ pub(crate) mod tag {
     pub const DEVICE: u8 = 7;
     pub const EXTERNAL_IDS: u8 = 8;
     pub const INTEGRATIONS: u8 = 9;
+    pub const EVENT: u8 = 10;
     /// Set on an id tag whose bytes are JSON text rather than plain text.
     pub const JSON: u8 = 0x80;
 }
@@ -68,6 +79,8 @@ pub(crate) fn type_of_code(code: u8) -> Option<EventType> {
 #[derive(Debug)]
 pub struct Projection {
     buf: Vec<u8>,
+    /// Whether an `event` member was offered.
+    named: bool,
 }
 
 impl Projection {
@@ -77,7 +90,7 @@ impl Projection {
         buf.push(type_code(kind));
         let ms = timestamp_ms.clamp(timestamp::MIN_MS, timestamp::MAX_MS);
         buf.extend_from_slice(&ms.to_le_bytes());
-        Projection { buf }
+        Projection { buf, named: false }
     }
 
     /// Whether [`Projection::member`] reads top-level member `key` (the others need not be
@@ -92,6 +105,7 @@ impl Projection {
                 | "traits"
                 | "context"
                 | "integrations"
+                | "event"
         )
     }
 
@@ -102,6 +116,10 @@ impl Projection {
             "anonymousId" => tag::ANONYMOUS_ID,
             "previousId" => tag::PREVIOUS_ID,
             "groupId" => tag::GROUP_ID,
+            "event" => {
+                self.named = true;
+                tag::EVENT
+            }
             "traits" => return self.field(tag::TRAITS, raw),
             "context" => return self.context(raw),
             "integrations" if raw.contains("Analytics") || has_backslash(raw.as_bytes()) => {
@@ -119,7 +137,10 @@ impl Projection {
         }
     }
 
-    pub fn finish(self) -> Vec<u8> {
+    pub fn finish(mut self) -> Vec<u8> {
+        if !self.named {
+            self.field(tag::EVENT | tag::JSON, "");
+        }
         self.buf
     }
 
@@ -179,6 +200,40 @@ pub fn project(stored: &[u8]) -> Option<Vec<u8>> {
     Some(p.finish())
 }
 
+/// The type and name (the `event` member when it is a string) of the event a binary
+/// projection was made of; `None` when the projection does not tell the name (a JSON
+/// projection of a format-2 log, a binary one written before the event tag, or a damaged
+/// one): the caller then reads the event itself.
+pub fn type_and_name(projection: &[u8]) -> Option<(EventType, Option<Cow<'_, str>>)> {
+    let (&version, rest) = projection.split_first()?;
+    if version != VERSION {
+        return None;
+    }
+    let (&kind, rest) = rest.split_first()?;
+    let kind = type_of_code(kind)?;
+    let mut rest = rest.get(8..)?;
+    let mut name = None;
+    while let Some((&tag, tail)) = rest.split_first() {
+        rest = tail;
+        let len = usize::try_from(take_varint(&mut rest)?).ok()?;
+        if len > rest.len() {
+            return None;
+        }
+        let (value, tail) = rest.split_at(len);
+        rest = tail;
+        if tag & !tag::JSON == tag::EVENT {
+            name = Some((tag, value));
+        }
+    }
+    let (tag, value) = name?;
+    let text = std::str::from_utf8(value).ok()?;
+    let name = match tag & tag::JSON {
+        0 => Some(Cow::Borrowed(text)),
+        _ => unquote(text),
+    };
+    Some((kind, name))
+}
+
 /// Appends `v` as a LEB128 varint.
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
@@ -230,6 +285,7 @@ mod tests {
         );
         let mut expected = vec![VERSION, 1];
         expected.extend_from_slice(&1_714_521_600_000i64.to_le_bytes());
+        expected.extend_from_slice(&[tag::EVENT, 1, b'X']);
         expected.extend_from_slice(&[tag::ANONYMOUS_ID, 2, b'a', b'1']);
         assert_eq!(p, expected);
         let p = same(
@@ -270,6 +326,55 @@ mod tests {
         }
         assert_eq!(project(b"[1]"), None);
         assert_eq!(project(br#"{"type":"track","timestamp":"soon"}"#), None);
+    }
+
+    #[test]
+    fn type_and_name_read_like_the_event() {
+        let at = r#""timestamp":"2024-05-01T00:00:00.000Z""#;
+        let name = |json: &str| {
+            let p = project(json.as_bytes()).unwrap();
+            type_and_name(&p).map(|(t, n)| (t.as_str(), n.map(|n| n.into_owned())))
+        };
+        let cases: [(&str, Option<&str>); 7] = [
+            (
+                r#""type":"track","event":"Order Completed""#,
+                Some("Order Completed"),
+            ),
+            (r#""type":"track","event":"""#, Some("")),
+            (r#""type":"track","event":"a\"b\u0063""#, Some("a\"bc")),
+            (r#""type":"track","event":7"#, None),
+            (r#""type":"track","event":null"#, None),
+            (r#""type":"page""#, None),
+            (
+                r#""type":"track","event":"first","event":"last""#,
+                Some("last"),
+            ),
+        ];
+        for (members, want) in cases {
+            let json = format!("{{{members},{at}}}");
+            let kind = if members.contains("page") {
+                "page"
+            } else {
+                "track"
+            };
+            let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+            assert_eq!(v["event"].as_str(), want, "{json}");
+            assert_eq!(name(&json), Some((kind, want.map(String::from))), "{json}");
+        }
+        // Projections that do not tell: JSON ones (format 2), and binary ones written
+        // before the event tag.
+        assert_eq!(type_and_name(br#"{"type":"track","event":"X"}"#), None);
+        let mut old = vec![VERSION, 1];
+        old.extend_from_slice(&0i64.to_le_bytes());
+        old.extend_from_slice(&[tag::ANONYMOUS_ID, 1, b'a']);
+        assert_eq!(type_and_name(&old), None);
+        old.extend_from_slice(&[tag::EVENT, 1, b'X']);
+        assert_eq!(
+            type_and_name(&old),
+            Some((EventType::Track, Some(Cow::Borrowed("X"))))
+        );
+        old.extend_from_slice(&[tag::EVENT, 3, b'Y']);
+        assert_eq!(type_and_name(&old), None, "cut off");
     }
 
     /// Projections written today must read the same forever: this pins the encoding.

@@ -405,6 +405,47 @@ impl<'b> Decoded<'b> {
     }
 }
 
+/// Block B of a version 2 frame whose block A was decoded ([`Frame::decode_lazily`]).
+#[derive(Debug)]
+pub struct LazyJson<'b> {
+    ids: &'b [u8],
+    count: u32,
+    block: Block<'b>,
+    buf: &'b mut Vec<u8>,
+    /// Every entry has an identity (so none is erased).
+    all_identified: bool,
+}
+
+impl<'b> LazyJson<'b> {
+    /// Decompresses and checks block B: the frame's entries with their JSON.
+    pub fn open(self) -> Result<Decoded<'b>, String> {
+        let LazyJson {
+            ids,
+            count,
+            block,
+            buf,
+            ..
+        } = self;
+        let events = block.open(buf)?;
+        let (mut a, mut b) = (ids, events);
+        for _ in 0..count {
+            take_chunk(&mut a); // the message id, checked by `decode_lazily`
+            let identity = take_chunk(&mut a).unwrap_or_default();
+            let json = take_chunk(&mut b).ok_or("entry json cut off")?;
+            if json.is_empty() && !identity.is_empty() {
+                return Err("erased entry keeps an identity".into());
+            }
+        }
+        check_consumed(b, "the last json")?;
+        Ok(Decoded {
+            count,
+            ids,
+            events: Some(events),
+            single: false,
+        })
+    }
+}
+
 /// One decoded entry, owned; `json == None` for an erased entry.
 #[cfg(test)]
 #[derive(Debug, PartialEq, Eq)]
@@ -437,6 +478,20 @@ impl Frame<'_> {
         scratch: &'b mut Scratch,
         identity_only: bool,
     ) -> Result<Decoded<'b>, String> {
+        let (decoded, json) = self.decode_lazily(scratch)?;
+        match json {
+            Some(json) if !(identity_only && json.all_identified) => json.open(),
+            _ => Ok(decoded),
+        }
+    }
+
+    /// Decompresses and checks block A only (a version 1 frame: its whole payload), and
+    /// returns the entries without their JSON (with it for a version 1 frame) and, for a
+    /// version 2 frame, block B to open later ([`LazyJson::open`]) if the caller needs it.
+    pub fn decode_lazily<'b>(
+        &'b self,
+        scratch: &'b mut Scratch,
+    ) -> Result<(Decoded<'b>, Option<LazyJson<'b>>), String> {
         let count = self.count;
         let Scratch {
             ids: ids_buf,
@@ -451,12 +506,13 @@ impl Frame<'_> {
                     take_chunk(&mut rest).ok_or("entry json cut off")?;
                 }
                 check_consumed(rest, "the last entry")?;
-                return Ok(Decoded {
+                let decoded = Decoded {
                     count,
                     ids: raw,
                     events: None,
                     single: true,
-                });
+                };
+                return Ok((decoded, None));
             }
             Payload::Split { ids, events } => (ids, events),
         };
@@ -469,31 +525,20 @@ impl Frame<'_> {
             all_identified &= !identity.is_empty();
         }
         check_consumed(rest, "the last identity")?;
-        if identity_only && all_identified {
-            return Ok(Decoded {
-                count,
-                ids,
-                events: None,
-                single: false,
-            });
-        }
-        let events = events.open(events_buf)?;
-        let (mut a, mut b) = (ids, events);
-        for _ in 0..count {
-            take_chunk(&mut a); // the message id, checked above
-            let identity = take_chunk(&mut a).unwrap_or_default();
-            let json = take_chunk(&mut b).ok_or("entry json cut off")?;
-            if json.is_empty() && !identity.is_empty() {
-                return Err("erased entry keeps an identity".into());
-            }
-        }
-        check_consumed(b, "the last json")?;
-        Ok(Decoded {
+        let decoded = Decoded {
             count,
             ids,
-            events: Some(events),
+            events: None,
             single: false,
-        })
+        };
+        let json = LazyJson {
+            ids,
+            count,
+            block: events,
+            buf: events_buf,
+            all_identified,
+        };
+        Ok((decoded, Some(json)))
     }
 
     /// Decodes every entry into owned values.

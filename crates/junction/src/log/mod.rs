@@ -46,8 +46,9 @@
 //!   identity_len = 0 otherwise means the event has no identity projection.
 //! ```
 //! The identity projection is computed at ingest (the few fields identity resolution needs,
-//! in the binary form of `junction_core::identity::project`); block A lets a reader get it
-//! without decompressing the events ([`LogReader::open_identities`]). The log treats it as
+//! in the binary form of `junction_core::identity::project`, plus the event's name for
+//! Compute's history pass); block A lets a reader get it without decompressing the events
+//! ([`LogReader::open_identities`], [`LogReader::next_frame_picked`]). The log treats it as
 //! opaque bytes.
 //!
 //! **Version 2** segments have the same frames, with projections that are small JSON
@@ -128,7 +129,10 @@
 //! skips frames that end before `from` and yields non-erased [`Record`]s in offset order.
 //! [`LogReader::open_identities`] yields the same records with the identity projection
 //! instead of the JSON (decompressing only block A) where an event has one, and with the
-//! full JSON where it has none (version 1 frames).
+//! full JSON where it has none (version 1 frames). [`LogReader::next_frame_picked`] shows a
+//! consumer each record's projection first and decompresses block B only for the records
+//! it then asks for (Compute's history pass). [`LogReader::segment_starts`] lists frame
+//! boundaries at which several readers can share a log.
 //! At the tail it returns `None` without modifying anything and sees new data on the next
 //! call (poll to follow; in-process consumers wait on [`Log::subscribe`]).
 //!
@@ -168,7 +172,7 @@ use tokio::sync::{oneshot, watch};
 
 pub use fetch::EventFetcher;
 pub use format::{Entry, FORMAT_VERSION, MAX_SOURCE_LEN, OLDEST_FORMAT_VERSION, PendingFrame};
-pub use reader::{LogReader, Record, RecordRef};
+pub use reader::{LogReader, Pick, Record, RecordRef};
 
 use crate::metrics::{self, Histogram};
 use writer::{Shared, Submission, Writer, lock};

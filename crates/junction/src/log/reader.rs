@@ -19,6 +19,11 @@
 //! - [`LogReader::next_frame`] hands out the records of one frame at a time, borrowed from
 //!   the reader's buffers (no allocation per record: the processor's replay);
 //!   [`LogReader::next_record`] returns owned records one at a time.
+//! - [`LogReader::next_frame_picked`] reads a frame in two passes for consumers that need the
+//!   JSON of few events ([`Pick`]): first every record with its identity projection (only
+//!   the frame's identity block decompressed), then, in order, the records whose JSON was
+//!   asked for and those stored without a projection, with their JSON; the JSON block is
+//!   decompressed only when some record needs it.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -97,6 +102,22 @@ impl<'a> RecordRef<'a> {
     }
 }
 
+/// A consumer of [`LogReader::next_frame_picked`].
+pub trait Pick {
+    /// A record stored with an identity projection, with an empty `json`: whether
+    /// [`Pick::visit`] needs it with its JSON.
+    fn pick(&mut self, record: RecordRef<'_>) -> bool;
+    /// A record with its JSON: one [`Pick::pick`] asked for, or one stored without an
+    /// identity projection (its `identity` is empty).
+    fn visit(&mut self, record: RecordRef<'_>);
+}
+
+/// How [`LogReader::step`] hands out records.
+enum Visit<'v> {
+    Each(&'v mut dyn FnMut(RecordRef<'_>)),
+    Picked(&'v mut dyn Pick),
+}
+
 pub struct LogReader {
     dir: PathBuf,
     /// Records below this offset are skipped; advances past every consumed frame.
@@ -112,6 +133,9 @@ pub struct LogReader {
     scratch: Scratch,
     /// The source of the last frame read (frames of one source share it).
     source: Arc<str>,
+    /// Per entry of the frame being read by [`LogReader::next_frame_picked`]: whether its
+    /// JSON is needed.
+    wanted: Vec<bool>,
 }
 
 enum Action {
@@ -150,9 +174,20 @@ impl LogReader {
             identity_only,
             scratch: Scratch::default(),
             source: Arc::from(""),
+            wanted: Vec::new(),
         };
         reader.cursor = reader.start_segment()?;
         Ok(reader)
+    }
+
+    /// The first offsets of the log's segments, ascending: frame boundaries at which the
+    /// log can be split for readers working side by side (each from one boundary, with the
+    /// next as its end offset).
+    pub fn segment_starts(dir: &Path) -> Result<Vec<u64>, LogError> {
+        Ok(list_segments(dir)?
+            .into_iter()
+            .map(|(base, _)| base)
+            .collect())
     }
 
     /// Stops before offset `end` (exclusive) until raised again; `None` reads to the tail.
@@ -180,6 +215,18 @@ impl LogReader {
     /// everything written so far has been read. Records returned by
     /// [`next_record`](Self::next_record) and not yet taken are not visited again.
     pub fn next_frame(&mut self, visit: &mut dyn FnMut(RecordRef<'_>)) -> Result<bool, LogError> {
+        self.next_frame_with(&mut Visit::Each(visit))
+    }
+
+    /// Reads the next frame like [`next_frame`](Self::next_frame), in two passes (see the
+    /// module docs): `pick.pick` sees each record that has an identity projection, with
+    /// it and without the JSON; `pick.visit` then sees, in offset order, the records it
+    /// asked for and those without a projection, with their JSON.
+    pub fn next_frame_picked(&mut self, pick: &mut dyn Pick) -> Result<bool, LogError> {
+        self.next_frame_with(&mut Visit::Picked(pick))
+    }
+
+    fn next_frame_with(&mut self, visit: &mut Visit<'_>) -> Result<bool, LogError> {
         loop {
             match self.step(visit)? {
                 Action::Read => return Ok(true),
@@ -204,7 +251,7 @@ impl LogReader {
 
     /// Consumes one frame, visiting its records, or says what to do at the end of the
     /// segment.
-    fn step(&mut self, visit: &mut dyn FnMut(RecordRef<'_>)) -> Result<Action, LogError> {
+    fn step(&mut self, visit: &mut Visit<'_>) -> Result<Action, LogError> {
         if self.cursor.is_none() {
             self.cursor = self.start_segment()?;
             self.complete = false;
@@ -224,25 +271,71 @@ impl LogReader {
                     return Ok(Action::Wait);
                 }
                 if frame_end > self.from {
-                    let decoded = frame
-                        .decode(&mut self.scratch, self.identity_only)
-                        .map_err(|reason| LogError::Corrupt {
-                            segment: path,
-                            position: pos,
-                            reason,
-                        })?;
+                    let corrupt = |reason| LogError::Corrupt {
+                        segment: path.clone(),
+                        position: pos,
+                        reason,
+                    };
                     if *self.source != *frame.source {
                         self.source = frame.source.into();
                     }
-                    let (at, identity_only) = (frame.received_at_ms, self.identity_only);
-                    for (offset, entry) in (frame.first_offset..).zip(decoded.entries()) {
-                        if offset < self.from {
-                            continue;
+                    let (first, from, at) = (frame.first_offset, self.from, frame.received_at_ms);
+                    match visit {
+                        Visit::Each(visit) => {
+                            let identity_only = self.identity_only;
+                            let decoded = frame
+                                .decode(&mut self.scratch, identity_only)
+                                .map_err(corrupt)?;
+                            for (offset, entry) in (first..).zip(decoded.entries()) {
+                                if offset < from {
+                                    continue;
+                                }
+                                if let Some(record) = RecordRef::from_entry(
+                                    offset,
+                                    at,
+                                    &self.source,
+                                    entry,
+                                    identity_only,
+                                ) {
+                                    visit(record);
+                                }
+                            }
                         }
-                        if let Some(record) =
-                            RecordRef::from_entry(offset, at, &self.source, entry, identity_only)
-                        {
-                            visit(record);
+                        Visit::Picked(pick) => {
+                            let (decoded, json) =
+                                frame.decode_lazily(&mut self.scratch).map_err(corrupt)?;
+                            self.wanted.clear();
+                            for (offset, entry) in (first..).zip(decoded.entries()) {
+                                let wanted = offset >= from
+                                    && (entry.identity.is_empty()
+                                        || pick.pick(RecordRef {
+                                            offset,
+                                            received_at_ms: at,
+                                            source: &self.source,
+                                            message_id: entry.message_id,
+                                            json: &[],
+                                            identity: entry.identity,
+                                        }));
+                                self.wanted.push(wanted);
+                            }
+                            if self.wanted.contains(&true) {
+                                let decoded = match json {
+                                    Some(json) => json.open().map_err(corrupt)?,
+                                    None => decoded,
+                                };
+                                let entries = (first..).zip(decoded.entries()).zip(&self.wanted);
+                                for ((offset, entry), _) in entries.filter(|(_, w)| **w) {
+                                    if let Some(record) = RecordRef::from_entry(
+                                        offset,
+                                        at,
+                                        &self.source,
+                                        entry,
+                                        false,
+                                    ) {
+                                        pick.visit(record);
+                                    }
+                                }
+                            }
                         }
                     }
                 }
