@@ -1434,13 +1434,11 @@ fn garble_json_block(path: &Path, pos: u64) {
     fs::write(path, bytes).unwrap();
 }
 
-#[test]
-fn identity_reader_never_decodes_the_json_block_it_does_not_need() {
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path();
+/// One segment of one LZ4 frame of 40 events with `identity`, whose JSON block is garbled
+/// (readers that do not decode it still read the frame).
+fn write_garbled_frame(dir: &Path, identity: &[u8]) {
     let ids: Vec<String> = (0..40).map(|i| format!("m-{i}")).collect();
     let json = event_json(1, 300);
-    let identity = br#"{"userId":"u-1","anonymousId":"a-1"}"#;
     let entries = ids.iter().map(|id| Entry {
         message_id: id,
         json: &json,
@@ -1450,6 +1448,14 @@ fn identity_reader_never_decodes_the_json_block_it_does_not_need() {
     let end = write_segment(dir, 0, [frame], 64 << 10);
     write_segment(dir, end, [], 4096);
     garble_json_block(&segment_files(dir)[0], SEGMENT_HEADER_LEN);
+}
+
+#[test]
+fn identity_reader_never_decodes_the_json_block_it_does_not_need() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let identity = br#"{"userId":"u-1","anonymousId":"a-1"}"#;
+    write_garbled_frame(dir, identity);
 
     let records = read_identities(dir, 0);
     assert_eq!(records.len(), 40);
@@ -1554,17 +1560,7 @@ fn picked_reader_reads_like_the_others_in_every_format() {
 fn picked_reader_decodes_the_json_block_only_when_asked() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let json = event_json(1, 300);
-    let identity = br#"{"userId":"u-1"}"#;
-    let entries = (0..40).map(|_| Entry {
-        message_id: "m",
-        json: &json,
-        identity,
-    });
-    let frame = PendingFrame::encode("web", 1, entries, Codec::Lz4);
-    let end = write_segment(dir, 0, [frame], 64 << 10);
-    write_segment(dir, end, [], 4096);
-    garble_json_block(&segment_files(dir)[0], SEGMENT_HEADER_LEN);
+    write_garbled_frame(dir, br#"{"userId":"u-1"}"#);
 
     let (picked, visited) = read_picked(dir, 0, |_| false);
     assert_eq!((picked.len(), visited.len()), (40, 0));

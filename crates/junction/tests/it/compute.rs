@@ -319,6 +319,22 @@ expr = 'audience("a")'
     );
 }
 
+/// Five viewers (v0..v4), a day ago; v0 and v1 bought (revenue 100 and 101), on the pro plan
+/// with `pro`.
+pub(crate) async fn send_viewers_and_buyers(app: &TestApp, pro: bool) {
+    let mut batch = Vec::new();
+    for i in 0..5 {
+        batch.push(json!({"type": "track", "userId": format!("v{i}"), "event": "Viewed", "timestamp": iso(T - DAY)}));
+    }
+    for i in 0..2 {
+        if pro {
+            batch.push(json!({"type": "identify", "userId": format!("v{i}"), "traits": {"plan": "pro"}, "timestamp": iso(T - DAY)}));
+        }
+        batch.push(json!({"type": "track", "userId": format!("v{i}"), "event": "Order Completed", "properties": {"revenue": 100 + i}, "timestamp": iso(T - DAY)}));
+    }
+    send(app, Value::Array(batch)).await;
+}
+
 pub(crate) async fn api(
     app: &TestApp,
     method: &str,
@@ -340,15 +356,7 @@ async fn the_management_api_lists_sizes_members_history_and_previews() {
     let clock = Arc::new(FixedClock::new(T));
     let app = TestApp::in_dir_with_clock(tempfile::tempdir().unwrap(), DEFINITIONS, clock.clone());
     // Five viewers (v0..v4), two of them buyers on the pro plan (v0, v1).
-    let mut batch = Vec::new();
-    for i in 0..5 {
-        batch.push(json!({"type": "track", "userId": format!("v{i}"), "event": "Viewed", "timestamp": iso(T - DAY)}));
-    }
-    for i in 0..2 {
-        batch.push(json!({"type": "identify", "userId": format!("v{i}"), "traits": {"plan": "pro"}, "timestamp": iso(T - DAY)}));
-        batch.push(json!({"type": "track", "userId": format!("v{i}"), "event": "Order Completed", "properties": {"revenue": 100 + i}, "timestamp": iso(T - DAY)}));
-    }
-    send(&app, Value::Array(batch)).await;
+    send_viewers_and_buyers(&app, true).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     let list = loop {
         let (s, j) = api(&app, "GET", "/api/v1/audiences", PROFILES_TOKEN, None).await;

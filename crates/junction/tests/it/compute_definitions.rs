@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use junction::clock::FixedClock;
 use serde_json::{Value, json};
 
-use crate::compute::{DAY, DEFINITIONS, T, api, derived, iso, send, traits_until};
+use crate::compute::{DEFINITIONS, T, api, derived, iso, send, traits_until};
 use crate::support::*;
 
 /// Polls `GET path` until `want` holds (10 s at most).
@@ -22,6 +22,11 @@ async fn get_until(app: &TestApp, path: &str, want: impl Fn(&Value) -> bool) -> 
         assert!(Instant::now() < deadline, "{path}: {s} {j}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The status of `GET path` (with `profiles:read`).
+async fn status_of(app: &TestApp, path: &str) -> u16 {
+    api(app, "GET", path, PROFILES_TOKEN, None).await.0
 }
 
 /// How often the log says `user` entered (exited) audience `key`.
@@ -50,14 +55,7 @@ async fn definitions_are_created_replaced_and_deleted_through_the_api() {
     let clock = Arc::new(FixedClock::new(T));
     let app = TestApp::in_dir_with_clock(tempfile::tempdir().unwrap(), DEFINITIONS, clock.clone());
     // Five viewers; v0 and v1 bought (revenue 100 and 101).
-    let mut batch = Vec::new();
-    for i in 0..5 {
-        batch.push(json!({"type": "track", "userId": format!("v{i}"), "event": "Viewed", "timestamp": iso(T - DAY)}));
-    }
-    for i in 0..2 {
-        batch.push(json!({"type": "track", "userId": format!("v{i}"), "event": "Order Completed", "properties": {"revenue": 100 + i}, "timestamp": iso(T - DAY)}));
-    }
-    send(&app, Value::Array(batch)).await;
+    crate::compute::send_viewers_and_buyers(&app, false).await;
     get_until(&app, "/api/v1/audiences/recent_viewers", |j| j["size"] == 5).await;
 
     // Writing needs `compute:write` (or admin).
@@ -317,39 +315,15 @@ async fn definitions_are_created_replaced_and_deleted_through_the_api() {
     )
     .await;
     assert_eq!(s, 204);
-    let (s, _) = api(
-        &app,
-        "GET",
-        "/api/v1/audiences/big_spenders",
-        PROFILES_TOKEN,
-        None,
-    )
-    .await;
-    assert_eq!(s, 404);
+    assert_eq!(status_of(&app, "/api/v1/audiences/big_spenders").await, 404);
     traits_until(&app, "user_id:v2", "class=audience", |t| {
         t.get("big_spenders").is_none()
     })
     .await;
     let dir = app.close();
     let app = TestApp::in_dir_with_clock(dir, DEFINITIONS, clock);
-    let (s, _) = api(
-        &app,
-        "GET",
-        "/api/v1/audiences/big_spenders",
-        PROFILES_TOKEN,
-        None,
-    )
-    .await;
-    assert_eq!(s, 404);
-    let (s, _) = api(
-        &app,
-        "GET",
-        "/api/v1/computed-traits/views",
-        PROFILES_TOKEN,
-        None,
-    )
-    .await;
-    assert_eq!(s, 200);
+    assert_eq!(status_of(&app, "/api/v1/audiences/big_spenders").await, 404);
+    assert_eq!(status_of(&app, "/api/v1/computed-traits/views").await, 200);
 }
 
 #[test]
