@@ -515,6 +515,30 @@ pub(crate) fn view(user: usize, n: usize) -> Value {
            "messageId": format!("v{user}-{n}"), "timestamp": "2024-05-01T00:00:00.000Z"})
 }
 
+/// Imports a history of `views(u)` `Viewed` events for each user `u` below `users`.
+pub(crate) fn import_views(
+    config: &std::path::Path,
+    dir: &std::path::Path,
+    users: usize,
+    views: impl Fn(usize) -> usize,
+) {
+    let mut lines = String::new();
+    for u in 0..users {
+        for n in 0..views(u) {
+            lines.push_str(&view(u, n).to_string());
+            lines.push('\n');
+        }
+    }
+    let history = dir.join("history.jsonl");
+    std::fs::write(&history, lines).unwrap();
+    let out = import(config, &history, "web");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 pub(crate) fn metric_of(server: &Server, name: &str) -> Option<u64> {
     let text = reqwest::blocking::get(server.url("/metrics"))
         .ok()?
@@ -553,23 +577,7 @@ fn kill_9_mid_history_and_mid_stream_writes_each_entry_once() {
     let data_dir = dir.path().join("data");
     std::fs::write(&config, config_text(&data_dir, CRASH_DEFINITIONS)).unwrap();
     // History: every user's first two views, imported (a long first pass for Compute).
-    let history = dir.path().join("history.jsonl");
-    let mut lines = String::new();
-    for n in 0..2 {
-        for u in 0..CRASH_USERS {
-            if n < u % 5 {
-                lines.push_str(&view(u, n).to_string());
-                lines.push('\n');
-            }
-        }
-    }
-    std::fs::write(&history, lines).unwrap();
-    let out = import(&config, &history, "web");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    import_views(&config, dir.path(), CRASH_USERS, |u| (u % 5).min(2));
 
     // Killed while computing the history (`junction_compute_ready` still 0).
     let port = free_port();

@@ -359,21 +359,7 @@ fn a_change_shows_progress_and_survives_kill_9_mid_computation() {
     std::fs::write(&config, config_text(&data_dir, "")).unwrap();
     // User u viewed u % 6 times.
     let views = |u: usize| u % 6;
-    let mut lines = String::new();
-    for u in 0..USERS {
-        for n in 0..views(u) {
-            lines.push_str(&crate::compute::view(u, n).to_string());
-            lines.push('\n');
-        }
-    }
-    let history = dir.path().join("history.jsonl");
-    std::fs::write(&history, lines).unwrap();
-    let out = import(&config, &history, "web");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::compute::import_views(&config, dir.path(), USERS, views);
 
     let port = free_port();
     let server = Server::start_on(&config, &data_dir, port);
