@@ -103,7 +103,9 @@ impl Compute {
                 let mut read = || -> anyhow::Result<()> {
                     let mut reader = LogReader::open(log_dir, from)?;
                     reader.set_end_offset(Some(to));
-                    while reader.next_frame_picked(&mut pass)? {
+                    while !self.stop.load(Ordering::Acquire)
+                        && reader.next_frame_picked(&mut pass)?
+                    {
                         let seen = std::mem::take(&mut pass.seen);
                         progress.add(self, seen, total);
                     }
@@ -142,6 +144,9 @@ impl Compute {
             }
             states
         };
+        if self.stop.load(Ordering::Acquire) {
+            anyhow::bail!("the history pass was stopped");
+        }
         let mut outbox = Outbox::default();
         let mut profiles = self.write();
         // Grown once rather than by doubling (each doubling moved every entry).
@@ -586,6 +591,31 @@ mod tests {
                 .err()
                 .expect("the pass fails");
             assert!(err.to_string().contains("corrupt log segment"), "{err:#}");
+        }
+    }
+
+    /// An engine asked to stop leaves its history pass at the next frame, with nothing kept.
+    #[test]
+    fn a_stopped_engine_leaves_the_history_pass() {
+        let events = events(1500);
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        write_log(dir, &events, |e| e.identity.clone());
+        let (graph, next) =
+            crate::unify::processor::replay(dir, Rules::default(), &mut |_, _| ()).unwrap();
+        let [definitions, _] = catalogs();
+        for workers in [1, 3] {
+            let clock = Arc::new(FixedClock::new(NOW));
+            let compute = Compute::new(&definitions, clock, Duration::from_secs(1));
+            compute.stop.store(true, Ordering::Release);
+            let owners = crate::unify::owners(&graph, next);
+            let err = compute
+                .history_pass(dir, (next, &owners), false, &graph, workers)
+                .err()
+                .expect("the pass stops");
+            assert!(err.to_string().contains("stopped"), "{err:#}");
+            assert!(compute.read().entries.is_empty());
+            assert_eq!(compute.applied(), 0);
         }
     }
 

@@ -287,7 +287,7 @@ pub fn spawn(
     limits: junction_core::event::Limits,
     takeover: Option<Box<dyn Takeover>>,
 ) -> Worker {
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Arc::clone(&compute.stop);
     let worker_stop = Arc::clone(&stop);
     compute.writes.store(takeover.is_none(), Ordering::Release);
     let thread = (!compute.catalog.is_empty() || takeover.is_some()).then(|| {
@@ -365,6 +365,7 @@ fn run(
             compute.set_status(Status::Ready);
             compute.sample_sizes();
         }
+        Err(_) if stop.load(Ordering::Acquire) => return,
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "compute cannot read the history");
             return;

@@ -133,6 +133,9 @@ pub struct Compute {
     bad_events: AtomicU64,
     derived_events: AtomicU64,
     derived_errors: AtomicU64,
+    /// Set when this engine's thread is asked to stop; the history pass checks it between
+    /// frames, so stopping an engine that is computing does not wait for the whole pass.
+    stop: Arc<AtomicBool>,
     /// Whether this engine writes derived events (false while it computes in the background
     /// for a change, see `registry`; it then reads those the serving engine writes).
     writes: AtomicBool,
@@ -200,6 +203,7 @@ impl Compute {
             bad_events: AtomicU64::new(0),
             derived_events: AtomicU64::new(0),
             derived_errors: AtomicU64::new(0),
+            stop: Arc::default(),
             writes: AtomicBool::new(true),
             own: Mutex::default(),
             log_end: AtomicU64::new(0),
