@@ -165,7 +165,7 @@ fn call(
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect();
         ProfileRequest::parse(collection, id, resource, &pairs, url)
-            .and_then(|req| api::render(&o.unify, &o.compute.serving, &req))
+            .and_then(|req| api::render(&o.unify, &o.compute, &req))
     })?;
     found(answer)
 }

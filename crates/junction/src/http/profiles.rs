@@ -34,7 +34,7 @@ use serde_json::Value;
 use super::error::ApiError;
 use super::off_the_runtime;
 use super::{AppState, SharedState, constant_time_eq};
-use crate::compute::Compute;
+use crate::compute::registry::Snapshot;
 use crate::config::Token;
 use crate::unify::Unify;
 use crate::unify::view::{self, Collection, Owner, ParamError, Query, Resource};
@@ -204,19 +204,24 @@ enum Rendered {
     Events(Box<EventsWork>),
 }
 
-/// A profile's computed traits and audiences (`results` from [`Compute::results`]).
+/// A profile's computed traits and audiences (`results` from the serving engine's
+/// [`Compute::results`]), those still defined only (a deleted one is gone at once, before a
+/// new engine takes over).
 fn computed_traits<'a>(
-    compute: &'a Compute,
+    compute: &'a Snapshot,
     results: Option<&(Vec<junction_core::compute::Value>, i64)>,
 ) -> Vec<view::ComputedTrait<'a>> {
     let Some((values, updated_ms)) = results else {
         return Vec::new();
     };
+    let defined = &compute.definitions;
     compute
+        .serving
         .catalog()
         .definitions()
         .iter()
         .zip(values)
+        .filter(|(d, _)| defined.managed_by(d.kind, &d.key).is_some())
         .map(|(d, v)| view::ComputedTrait {
             key: &d.key,
             class: match d.kind {
@@ -231,7 +236,7 @@ fn computed_traits<'a>(
 
 /// Renders one Profile API body. Blocking (it waits for the graph's lock, and reads stored
 /// events for `events`): call it from the blocking pool in async code.
-pub fn render(unify: &Unify, compute: &Compute, req: &ProfileRequest) -> Result<Value, ApiError> {
+pub fn render(unify: &Unify, compute: &Snapshot, req: &ProfileRequest) -> Result<Value, ApiError> {
     let rendered = {
         let graph = unify.graph();
         let url = req.url.as_str();
@@ -242,7 +247,7 @@ pub fn render(unify: &Unify, compute: &Compute, req: &ProfileRequest) -> Result<
                     .ok_or_else(profile_not_found)?;
                 match &req.query {
                     Query::Traits(q) => {
-                        let results = compute.results(p.id);
+                        let results = compute.serving.results(p.id);
                         let computed = computed_traits(compute, results.as_ref());
                         Rendered::Done(view::traits(&p.traits, &computed, q, url))
                     }
@@ -367,7 +372,7 @@ async fn resource(
     let QueryString(pairs) = query.map_err(query_error)?;
     let req = ProfileRequest::parse(collection, &id, resource, &pairs, url(&uri))?;
     let unify = Arc::clone(&state.unify);
-    let compute = state.compute.serving();
+    let compute = state.compute.snapshot();
     Ok(Json(
         off_the_runtime(move || render(&unify, &compute, &req)).await?,
     ))

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use junction::clock::FixedClock;
 use serde_json::{Value, json};
 
-use crate::compute::{DEFINITIONS, T, api, derived, iso, send, traits_until};
+use crate::compute::{DEFINITIONS, T, USERS, api, derived, iso, send, traits_until};
 use crate::support::*;
 
 /// Polls `GET path` until `want` holds (10 s at most).
@@ -316,10 +316,18 @@ async fn definitions_are_created_replaced_and_deleted_through_the_api() {
     .await;
     assert_eq!(s, 204);
     assert_eq!(status_of(&app, "/api/v1/audiences/big_spenders").await, 404);
-    traits_until(&app, "user_id:v2", "class=audience", |t| {
-        t.get("big_spenders").is_none()
-    })
-    .await;
+    // At once, before the new engine takes over.
+    let (s, _, j) = app
+        .call(
+            axum::http::Request::get(format!("{USERS}/user_id:v2/traits?class=audience"))
+                .header("authorization", basic(PROFILES_TOKEN))
+                .body(axum::body::Body::empty())
+                .unwrap(),
+        )
+        .await;
+    assert_eq!(s, 200, "{j}");
+    assert!(j["traits"].get("big_spenders").is_none(), "{j}");
+    assert_eq!(j["traits"]["buyers"], false, "{j}");
     let dir = app.close();
     let app = TestApp::in_dir_with_clock(dir, DEFINITIONS, clock);
     assert_eq!(status_of(&app, "/api/v1/audiences/big_spenders").await, 404);
