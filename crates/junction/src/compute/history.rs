@@ -73,8 +73,8 @@ impl Compute {
         let total = applied;
         let now = self.clock.now_ms();
         if self.catalog.is_empty() {
+            // Nothing to compute; the caller sets `ready`, as after any pass.
             self.applied.store(total, Ordering::Release);
-            self.set_status(Status::Ready);
             return Ok(Outbox::default());
         }
         // Segments are frame boundaries: workers take them in turn, each into its own
@@ -566,14 +566,40 @@ mod tests {
         }
     }
 
+    /// A log of `n` events with name projections, and the identity graph replayed from it.
+    fn replayed_log(n: usize) -> (tempfile::TempDir, junction_core::identity::Graph, u64) {
+        let events = events(n);
+        let tmp = tempfile::tempdir().unwrap();
+        write_log(tmp.path(), &events, |e| e.identity.clone());
+        let (graph, next) =
+            crate::unify::processor::replay(tmp.path(), Rules::default(), &mut |_, _| ()).unwrap();
+        (tmp, graph, next)
+    }
+
+    /// The error of a history pass over `dir` by `workers` threads that is expected to fail,
+    /// with the engine it ran in (`prepare` runs on the engine first).
+    fn failed_pass(
+        dir: &std::path::Path,
+        (graph, next): (&junction_core::identity::Graph, u64),
+        workers: usize,
+        prepare: impl Fn(&Compute),
+    ) -> (Compute, anyhow::Error) {
+        let [definitions, _] = catalogs();
+        let clock = Arc::new(FixedClock::new(NOW));
+        let compute = Compute::new(&definitions, clock, Duration::from_secs(1));
+        prepare(&compute);
+        let owners = crate::unify::owners(graph, next);
+        let err = compute
+            .history_pass(dir, (next, &owners), false, graph, workers)
+            .err()
+            .expect("the pass fails");
+        (compute, err)
+    }
+
     #[test]
     fn a_corrupt_segment_fails_the_pass_with_any_number_of_workers() {
-        let events = events(1500);
-        let tmp = tempfile::tempdir().unwrap();
+        let (tmp, graph, next) = replayed_log(1500);
         let dir = tmp.path();
-        write_log(dir, &events, |e| e.identity.clone());
-        let (graph, next) =
-            crate::unify::processor::replay(dir, Rules::default(), &mut |_, _| ()).unwrap();
         let starts = LogReader::segment_starts(dir).unwrap();
         assert!(starts.len() > 3);
         // A byte inside the first frame of the second segment: its CRC no longer matches.
@@ -581,15 +607,8 @@ mod tests {
         let mut bytes = std::fs::read(&second).unwrap();
         bytes[32 + 8 + 30] ^= 0x55;
         std::fs::write(&second, bytes).unwrap();
-        let [definitions, _] = catalogs();
         for workers in [1, 3] {
-            let clock = Arc::new(FixedClock::new(NOW));
-            let compute = Compute::new(&definitions, clock, Duration::from_secs(1));
-            let owners = crate::unify::owners(&graph, next);
-            let err = compute
-                .history_pass(dir, (next, &owners), false, &graph, workers)
-                .err()
-                .expect("the pass fails");
+            let (_, err) = failed_pass(dir, (&graph, next), workers, |_| ());
             assert!(err.to_string().contains("corrupt log segment"), "{err:#}");
         }
     }
@@ -597,22 +616,10 @@ mod tests {
     /// An engine asked to stop leaves its history pass at the next frame, with nothing kept.
     #[test]
     fn a_stopped_engine_leaves_the_history_pass() {
-        let events = events(1500);
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path();
-        write_log(dir, &events, |e| e.identity.clone());
-        let (graph, next) =
-            crate::unify::processor::replay(dir, Rules::default(), &mut |_, _| ()).unwrap();
-        let [definitions, _] = catalogs();
+        let (tmp, graph, next) = replayed_log(1500);
         for workers in [1, 3] {
-            let clock = Arc::new(FixedClock::new(NOW));
-            let compute = Compute::new(&definitions, clock, Duration::from_secs(1));
-            compute.stop.store(true, Ordering::Release);
-            let owners = crate::unify::owners(&graph, next);
-            let err = compute
-                .history_pass(dir, (next, &owners), false, &graph, workers)
-                .err()
-                .expect("the pass stops");
+            let stop = |c: &Compute| c.stop.store(true, Ordering::Release);
+            let (compute, err) = failed_pass(tmp.path(), (&graph, next), workers, stop);
             assert!(err.to_string().contains("stopped"), "{err:#}");
             assert!(compute.read().entries.is_empty());
             assert_eq!(compute.applied(), 0);
