@@ -259,12 +259,13 @@ impl Ingestor {
         Ok(result)
     }
 
-    /// Stores events Junction derives (each a whole event object with its `type`) under the
-    /// source [`DERIVED_SOURCE`], normalized like imported events. Returns how many were
-    /// stored and where; an event that does not normalize is a bug, logged and skipped.
+    /// Stores events Junction derives (each the JSON text of a whole event object with its
+    /// `type`) under the source [`DERIVED_SOURCE`], normalized like imported events. Returns
+    /// how many were stored and where; an event that does not normalize is a bug, logged and
+    /// skipped.
     pub async fn store_derived(
         &self,
-        events: &[serde_json::Value],
+        events: &[&[u8]],
         limits: &junction_core::event::Limits,
     ) -> Result<Stored, IngestError> {
         let now = self.now_ms();
@@ -275,7 +276,7 @@ impl Ingestor {
         };
         let mut normalized = Vec::with_capacity(events.len());
         for e in events {
-            match junction_core::event::normalize_one(e.to_string().as_bytes(), &meta, limits) {
+            match junction_core::event::normalize_one(e, &meta, limits) {
                 Ok(n) => normalized.push(n),
                 Err(r) => {
                     tracing::error!(code = r.code, message = %r.message, "a derived event does not normalize")

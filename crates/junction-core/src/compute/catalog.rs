@@ -344,15 +344,16 @@ impl Catalog {
             state.touched.add(i);
             match state.slot(i, spec) {
                 Slot::Fold(f) => f.add(at, &value),
-                Slot::Window { entries, fold } => {
+                Slot::Window {
+                    entries,
+                    oldest,
+                    fold,
+                } => {
                     fold.add(at, &value);
-                    // Events mostly arrive in time order: then the newest goes last.
-                    if entries.last().is_none_or(|(s, _)| *s < at) {
-                        entries.push((at, value));
-                    } else {
-                        let pos = entries.partition_point(|(s, _)| *s < at);
-                        entries.insert(pos, (at, value));
+                    if entries.is_empty() || at < *oldest {
+                        *oldest = at;
                     }
+                    entries.push((at, value));
                 }
             }
         }
@@ -366,14 +367,21 @@ impl Catalog {
             match (state.slot(i as usize, spec), slot) {
                 (Slot::Fold(a), Slot::Fold(b)) => a.merge(b),
                 (
-                    Slot::Window { entries, fold },
+                    Slot::Window {
+                        entries,
+                        oldest,
+                        fold,
+                    },
                     Slot::Window {
                         entries: more,
+                        oldest: their_oldest,
                         fold: theirs,
                     },
                 ) => {
+                    if entries.is_empty() || (!more.is_empty() && their_oldest < *oldest) {
+                        *oldest = their_oldest;
+                    }
                     entries.extend(more);
-                    entries.sort_by_key(|(s, _)| *s);
                     fold.merge(theirs);
                 }
                 _ => unreachable!("an aggregate's slot kind follows its spec"),
@@ -385,12 +393,16 @@ impl Catalog {
     pub fn prune(&self, state: &mut ProfileState, now_ms: i64) {
         let touched = &mut state.touched;
         state.slots.retain_mut(|(i, slot)| match slot {
-            Slot::Window { entries, fold } => {
+            Slot::Window {
+                entries,
+                oldest,
+                fold,
+            } => {
                 let spec = &self.aggs[*i as usize];
-                let gone = entries.partition_point(|(s, _)| !spec.in_window(s.0, now_ms));
-                if gone > 0 {
-                    entries.drain(..gone);
-                    *fold = fold_of(spec, entries);
+                if !entries.is_empty() && !spec.in_window(oldest.0, now_ms) {
+                    entries.retain(|(s, _)| spec.in_window(s.0, now_ms));
+                    *fold = fold_of(spec, entries.iter());
+                    *oldest = entries.iter().map(|(s, _)| *s).min().unwrap_or_default();
                     touched.add(*i as usize);
                 }
                 !entries.is_empty()
@@ -406,11 +418,11 @@ impl Catalog {
             .slots
             .iter()
             .filter_map(|(i, slot)| match slot {
-                Slot::Window { entries, .. } => {
+                Slot::Window {
+                    entries, oldest, ..
+                } => {
                     let within = self.aggs[*i as usize].within_ms?;
-                    entries
-                        .first()
-                        .map(|((ts, _), _)| ts.saturating_add(within))
+                    (!entries.is_empty()).then(|| oldest.0.saturating_add(within))
                 }
                 Slot::Fold(_) => None,
             })
@@ -431,15 +443,16 @@ impl Catalog {
         let spec = &self.aggs[i];
         match slot {
             Slot::Fold(f) => f.finish(spec.func),
-            Slot::Window { entries, fold } => {
-                let oldest_inside = entries
-                    .first()
-                    .is_none_or(|(at, _)| spec.in_window(at.0, now_ms));
-                if oldest_inside {
+            Slot::Window {
+                entries,
+                oldest,
+                fold,
+            } => {
+                if entries.is_empty() || spec.in_window(oldest.0, now_ms) {
                     fold.finish(spec.func)
                 } else {
-                    let inside = entries.partition_point(|(s, _)| !spec.in_window(s.0, now_ms));
-                    fold_of(spec, &entries[inside..]).finish(spec.func)
+                    let inside = entries.iter().filter(|(s, _)| spec.in_window(s.0, now_ms));
+                    fold_of(spec, inside).finish(spec.func)
                 }
             }
         }
@@ -466,29 +479,38 @@ impl Catalog {
     /// definitions that can have changed: those reading an aggregate observed, merged or
     /// pruned since, a window whose oldest event is outside by now, the profile's traits or
     /// `now()`, or a definition that changed. Without `results` (empty), evaluates all.
+    /// `changes` (reused between calls) says afterwards which values differ from before (all
+    /// of them without `results`).
     pub fn evaluate_changed(
         &self,
         state: &mut ProfileState,
         traits: &dyn TraitSource,
         now_ms: i64,
         results: &mut Vec<Value>,
+        changes: &mut Changes,
     ) {
         let touched = std::mem::take(&mut state.touched);
+        let Changes { dirty, changed } = changes;
+        changed.clear();
         if results.len() != self.defs.len() {
             *results = self.evaluate(state, traits, now_ms);
+            changed.resize(self.defs.len(), true);
             return;
         }
-        let mut dirty: Vec<bool> = (0..self.aggs.len()).map(|i| touched.has(i)).collect();
+        changed.resize(self.defs.len(), false);
+        dirty.clear();
+        dirty.extend((0..self.aggs.len()).map(|i| touched.has(i)));
         for (i, slot) in &state.slots {
-            if let Slot::Window { entries, .. } = slot
-                && let Some((at, _)) = entries.first()
-                && !self.aggs[*i as usize].in_window(at.0, now_ms)
+            if let Slot::Window {
+                entries, oldest, ..
+            } = slot
+                && !entries.is_empty()
+                && !self.aggs[*i as usize].in_window(oldest.0, now_ms)
             {
                 dirty[*i as usize] = true;
             }
         }
         let agg = |i| self.agg_value(state, i, now_ms);
-        let mut changed = vec![false; self.defs.len()];
         for &i in &self.order {
             let reads = &self.reads[i];
             let affected = reads.always
@@ -496,8 +518,10 @@ impl Catalog {
                 || self.defs[i].deps.iter().any(|&d| changed[d]);
             if affected {
                 let v = self.evaluate_def(i, &agg, traits, results, now_ms);
-                changed[i] = v != results[i];
-                results[i] = v;
+                if v != results[i] {
+                    changed[i] = true;
+                    results[i] = v;
+                }
             }
         }
     }
@@ -639,6 +663,28 @@ pub struct ProfileState {
     touched: Touched,
 }
 
+/// Which definitions [`Catalog::evaluate_changed`] changed, with its working space (kept
+/// between calls so that evaluating allocates nothing).
+#[derive(Clone, Debug, Default)]
+pub struct Changes {
+    /// Per aggregate: whether it may have changed.
+    dirty: Vec<bool>,
+    /// Per definition: whether its value changed.
+    changed: Vec<bool>,
+}
+
+impl Changes {
+    /// The definitions whose value changed, ascending.
+    pub fn changed(&self) -> impl Iterator<Item = usize> + '_ {
+        (self.changed.iter().enumerate()).filter_map(|(i, &c)| c.then_some(i))
+    }
+
+    /// Whether any value changed.
+    pub fn any(&self) -> bool {
+        self.changed.contains(&true)
+    }
+}
+
 /// A set of aggregate indexes: bit `i` for aggregate `i` below 63, bit 63 for "all".
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 struct Touched(u64);
@@ -659,19 +705,51 @@ impl Touched {
     }
 }
 
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub enum Slot {
     Fold(Fold),
-    /// Matching events inside the window as of the last prune, by (timestamp, offset), and
-    /// the fold of exactly those entries (so evaluating while none has aged out is O(1)).
+    /// Matching events inside the window as of the last prune, by (timestamp, offset), in
+    /// no order (events arrive out of time order; an insert in order cost a shift of the
+    /// window), the oldest of them (when there is one), and the fold of exactly those
+    /// entries (so evaluating while none has aged out is O(1)).
     Window {
         entries: Vec<(Stamp, Value)>,
+        oldest: Stamp,
         fold: Fold,
     },
 }
 
+/// Slots are equal when they hold the same entries, in whatever order.
+impl PartialEq for Slot {
+    fn eq(&self, other: &Slot) -> bool {
+        match (self, other) {
+            (Slot::Fold(a), Slot::Fold(b)) => a == b,
+            (
+                Slot::Window {
+                    entries: a,
+                    oldest: a_oldest,
+                    fold: a_fold,
+                },
+                Slot::Window {
+                    entries: b,
+                    oldest: b_oldest,
+                    fold: b_fold,
+                },
+            ) => {
+                let sorted = |e: &[(Stamp, Value)]| {
+                    let mut e = e.to_vec();
+                    e.sort_by_key(|(s, _)| *s);
+                    e
+                };
+                a_fold == b_fold && (a.is_empty() || a_oldest == b_oldest) && sorted(a) == sorted(b)
+            }
+            _ => false,
+        }
+    }
+}
+
 /// The fold of `entries` for `spec`'s function.
-fn fold_of(spec: &AggSpec, entries: &[(Stamp, Value)]) -> Fold {
+fn fold_of<'a>(spec: &AggSpec, entries: impl Iterator<Item = &'a (Stamp, Value)>) -> Fold {
     let mut fold = Fold::new(spec.func);
     for (at, v) in entries {
         fold.add(*at, v);
@@ -694,6 +772,7 @@ impl ProfileState {
                 let slot = match spec.within_ms {
                     Some(_) => Slot::Window {
                         entries: Vec::new(),
+                        oldest: Stamp::default(),
                         fold: Fold::new(spec.func),
                     },
                     None => Slot::Fold(Fold::new(spec.func)),

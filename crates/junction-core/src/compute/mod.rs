@@ -27,8 +27,8 @@ mod tests;
 pub mod value;
 
 pub use catalog::{
-    Catalog, DefKind, Definition, DefinitionError, DefinitionProblem, DefinitionSpec, ProfileState,
-    TraitSource,
+    Catalog, Changes, DefKind, Definition, DefinitionError, DefinitionProblem, DefinitionSpec,
+    ProfileState, TraitSource,
 };
 pub use error::ExprError;
 pub use parser::parse;

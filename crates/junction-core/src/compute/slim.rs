@@ -15,8 +15,8 @@ use super::program::{Field, Node};
 /// What a catalog reads of events.
 #[derive(Clone, Debug, Default)]
 pub struct Reads {
-    /// Top-level members read besides `type` and `event`.
-    roots: Vec<Box<str>>,
+    /// Top-level members read besides `type` and `event`, and what of each.
+    roots: Vec<(Box<str>, Need)>,
     /// Per aggregate: the names and types it accepts, and whether it reads members besides
     /// `type` and `event`.
     filters: Vec<(Allowed, Allowed, bool)>,
@@ -37,25 +37,92 @@ pub enum Plan {
 /// The values a filter accepts (`None`: any).
 type Allowed = Option<Vec<Box<str>>>;
 
+/// What is read of a member's value: all of it, or (when it is an object) some of its
+/// members. A value that is not an object is read whole (paths also index arrays).
+#[derive(Clone, Debug, PartialEq)]
+enum Need {
+    Whole,
+    Members(Vec<(Box<str>, Need)>),
+}
+
+impl Need {
+    /// Adds `path` (below this value) to what is read.
+    fn add(&mut self, path: &[Box<str>]) {
+        let Need::Members(members) = self else {
+            return;
+        };
+        let Some((first, rest)) = path.split_first() else {
+            *self = Need::Whole;
+            return;
+        };
+        match members.iter_mut().find(|(k, _)| k == first) {
+            Some((_, need)) => need.add(rest),
+            None => {
+                let mut need = Need::Members(Vec::new());
+                need.add(rest);
+                members.push((first.clone(), need));
+            }
+        }
+    }
+
+    /// What is read of `raw` (valid JSON).
+    fn read(&self, raw: &str) -> Result<serde_json::Value, serde_json::Error> {
+        let Need::Members(members) = self else {
+            return serde_json::from_str(raw);
+        };
+        if !raw.starts_with('{') {
+            return serde_json::from_str(raw);
+        }
+        let mut out = serde_json::Map::new();
+        let mut failed = None;
+        crate::json::for_each_member(raw, |key, value| {
+            let Some(key) = crate::json::unquote(key) else {
+                return;
+            };
+            if let Some((k, need)) = members.iter().find(|(k, _)| **k == *key) {
+                match need.read(value) {
+                    Ok(v) => {
+                        out.insert(k.to_string(), v);
+                    }
+                    Err(e) => failed = Some(e),
+                }
+            }
+        })
+        .map_err(|_| bad("not a JSON object"))?;
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(serde_json::Value::Object(out)),
+        }
+    }
+}
+
 impl Reads {
     pub fn of(catalog: &Catalog) -> Reads {
-        let mut roots: Vec<Box<str>> = Vec::new();
+        let mut paths: Vec<&[Box<str>]> = Vec::new();
         let mut filters = Vec::new();
         for spec in catalog.aggregates() {
             let mut own = Vec::new();
             for node in spec.value.iter().chain(&spec.filter) {
-                collect_roots(node, &mut own);
+                collect_paths(node, &mut own);
             }
-            let reads_members = own.iter().any(|r| !matches!(&**r, "type" | "event"));
-            roots.extend(own);
+            let reads_members = own.iter().any(|p| !matches!(&*p[0], "type" | "event"));
+            paths.extend(own);
             let names = |l: &Option<Box<[std::sync::Arc<str>]>>| {
                 l.as_ref().map(|l| l.iter().map(|s| (**s).into()).collect())
             };
             filters.push((names(&spec.events), names(&spec.types), reads_members));
         }
-        roots.sort();
-        roots.dedup();
-        roots.retain(|r| !matches!(&**r, "type" | "event"));
+        let mut read = Need::Members(Vec::new());
+        for path in paths
+            .into_iter()
+            .filter(|p| !matches!(&*p[0], "type" | "event"))
+        {
+            read.add(path);
+        }
+        let roots = match read {
+            Need::Members(roots) => roots,
+            Need::Whole => unreachable!("every path has a first member"),
+        };
         Reads { roots, filters }
     }
 
@@ -115,7 +182,7 @@ impl Reads {
                 "type" => kind = crate::json::unquote(value),
                 "event" => name = crate::json::unquote(value),
                 k => {
-                    if let Some(i) = self.roots.iter().position(|r| &**r == k) {
+                    if let Some(i) = self.roots.iter().position(|(r, _)| &**r == k) {
                         raws.push((i, value));
                     }
                 }
@@ -132,7 +199,8 @@ impl Reads {
             out.insert("event".into(), (*e).into());
         }
         for (i, raw) in raws {
-            out.insert(self.roots[i].to_string(), serde_json::from_str(raw)?);
+            let (key, need) = &self.roots[i];
+            out.insert(key.to_string(), need.read(raw)?);
         }
         Ok(Some(serde_json::Value::Object(out)))
     }
@@ -142,14 +210,14 @@ fn bad(what: &str) -> serde_json::Error {
     serde::de::Error::custom(format!("a stored event is {what}"))
 }
 
-fn collect_roots(node: &Node, out: &mut Vec<Box<str>>) {
+fn collect_paths<'a>(node: &'a Node, out: &mut Vec<&'a [Box<str>]>) {
     match node {
-        Node::Field(Field::Path(p)) => out.push(p[0].clone()),
-        Node::List(items) => items.iter().for_each(|n| collect_roots(n, out)),
-        Node::Exists(n) | Node::Not(n) | Node::Neg(n) => collect_roots(n, out),
+        Node::Field(Field::Path(p)) => out.push(p),
+        Node::List(items) => items.iter().for_each(|n| collect_paths(n, out)),
+        Node::Exists(n) | Node::Not(n) | Node::Neg(n) => collect_paths(n, out),
         Node::Bin(_, l, r) => {
-            collect_roots(l, out);
-            collect_roots(r, out);
+            collect_paths(l, out);
+            collect_paths(r, out);
         }
         Node::Const(_)
         | Node::Field(_)

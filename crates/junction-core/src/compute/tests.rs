@@ -71,7 +71,34 @@ fn value_at(expr: &str, list: &[serde_json::Value], now: i64) -> serde_json::Val
     let incremental = catalog.evaluate(&state, &traits, now);
     let reference = reference::evaluate(&catalog, &evs, &traits, now);
     assert_eq!(incremental, reference, "{expr}");
+    let texts: Vec<Vec<u8>> = list
+        .iter()
+        .map(|j| serde_json::to_vec(j).unwrap())
+        .collect();
+    assert_eq!(
+        slimmed_value(&catalog, list, &texts, now),
+        incremental[0],
+        "{expr}, slimmed"
+    );
     incremental[0].to_json()
+}
+
+/// The first definition's value over events stored as `texts` (their timestamps from
+/// `list`), each read through [`super::slim::Reads::slim`].
+fn slimmed_value(
+    catalog: &Catalog,
+    list: &[serde_json::Value],
+    texts: &[Vec<u8>],
+    now: i64,
+) -> Value {
+    let reads = super::slim::Reads::of(catalog);
+    let mut state = ProfileState::default();
+    for (e, text) in events(list).iter().zip(texts) {
+        if let Some(v) = reads.slim(text).expect("valid JSON") {
+            catalog.observe(&mut state, &Event { json: &v, ..*e }, now);
+        }
+    }
+    catalog.evaluate(&state, &no_traits(), now).swap_remove(0)
 }
 
 #[test]
@@ -495,6 +522,38 @@ fn paths_read_nested_values_arrays_and_quoted_keys() {
         value_at("last(properties.nested)", &list, NOW),
         json!({"deep": true})
     );
+    // Slimming reads only the members paths name, also from text as clients send it:
+    // escaped keys, spaces, a duplicate key (the last counts), a value that is not an object.
+    let texts = [
+        r#"{"type":"track","event":"X","timestamp":0,"properties": { "odd\u0020key" : 3, "skip": {"a": [1, {"b": 2}]}, "nested" : {"deep": false, "deep": true} , "items": [ {"sku" : "a1"} ] }}"#,
+        r#"{"type":"track","event":"X","timestamp":0,"properties":{"nested":"text","odd key":4}}"#,
+    ];
+    let list: Vec<serde_json::Value> = texts
+        .iter()
+        .map(|t| serde_json::from_str(t).unwrap())
+        .collect();
+    let texts: Vec<Vec<u8>> = texts.iter().map(|t| t.as_bytes().to_vec()).collect();
+    for (expr, want) in [
+        (r#"sum(properties["odd key"])"#, json!(7)),
+        ("count(where = properties.nested.deep)", json!(1)),
+        (
+            "last(properties.items.0.sku, where = exists(properties.items))",
+            json!("a1"),
+        ),
+        ("count(where = properties.nested == \"text\")", json!(1)),
+        (
+            "last(properties.skip.a.1.b, where = exists(properties.skip))",
+            json!(2),
+        ),
+    ] {
+        let catalog = Catalog::compile(&trait_def(expr)).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            slimmed_value(&catalog, &list, &texts, NOW).to_json(),
+            want,
+            "{expr}"
+        );
+        assert_eq!(value_at(expr, &list, NOW), want, "{expr}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -632,6 +691,7 @@ proptest! {
         let mut now = NOW;
         // Per profile: the results kept up to date by `evaluate_changed`.
         let mut kept: Vec<Vec<Value>> = vec![Vec::new(); 4];
+        let mut changes = super::catalog::Changes::default();
         for op in &ops {
             match *op {
                 Op::Event(p, t, n, dt, num, c) => {
@@ -704,8 +764,13 @@ proptest! {
                     prop_assert_eq!(&catalog.evaluate_one(state, &traits, now, i), want, "evaluate_one({})", i);
                 }
                 prop_assert_eq!(&incremental, &full, "incremental vs full recompute, specs {:?}", specs);
-                catalog.evaluate_changed(state_mut, &traits, now, &mut kept[p]);
+                let before = kept[p].clone();
+                catalog.evaluate_changed(state_mut, &traits, now, &mut kept[p], &mut changes);
                 prop_assert_eq!(&kept[p], &incremental, "evaluate_changed, specs {:?}", specs);
+                let differ: Vec<usize> = (0..incremental.len())
+                    .filter(|&i| before.get(i) != Some(&incremental[i]))
+                    .collect();
+                prop_assert_eq!(changes.changed().collect::<Vec<_>>(), differ, "changes, specs {:?}", specs);
                 prop_assert_eq!(&full, &reference, "full recompute vs reference, specs {:?}", specs);
             }
         }

@@ -19,7 +19,6 @@
 
 use junction_core::compute::{Catalog, DefKind, Value};
 use junction_core::identity::Profile;
-use serde_json::{Map, json};
 
 /// Per definition, the value last written to the log for one profile, and the log offset it
 /// was written at (or the log's end when it was written: the order is what counts).
@@ -66,31 +65,47 @@ pub fn absorb(into: &mut Emitted, from: &Emitted) {
     }
 }
 
-/// The profile's identifiers for a derived event; `None` when it has neither a `user_id`
-/// nor an `anonymous_id`.
-fn identifiers(profile: &Profile) -> Option<Map<String, serde_json::Value>> {
-    let mut ids = Map::new();
+/// The end of every derived event of a profile at `now_ms`: its identifiers (the latest
+/// `user_id` and `anonymous_id` it has) and `timestamp`, closing the object; `None` when it
+/// has neither identifier.
+fn closing(profile: &Profile, now_ms: i64) -> Option<Vec<u8>> {
     let latest = |kind: &str| {
-        profile
-            .identifiers
-            .iter()
+        (profile.identifiers.iter())
             .filter(|e| &*e.kind == kind)
             .max_by_key(|e| e.created_ms)
-            .map(|e| serde_json::Value::from(&*e.value))
+            .map(|e| &*e.value)
     };
-    if let Some(u) = latest("user_id") {
-        ids.insert("userId".into(), u);
+    let (user_id, anonymous_id) = (latest("user_id"), latest("anonymous_id"));
+    if user_id.is_none() && anonymous_id.is_none() {
+        return None;
     }
-    if let Some(a) = latest("anonymous_id") {
-        ids.insert("anonymousId".into(), a);
+    let mut out = Vec::with_capacity(96);
+    let ids: [(&[u8], _); 2] = [
+        (br#","userId":"#, user_id),
+        (br#","anonymousId":"#, anonymous_id),
+    ];
+    for (key, id) in ids {
+        if let Some(id) = id {
+            out.extend_from_slice(key);
+            write_json(&mut out, id);
+        }
     }
-    (!ids.is_empty()).then_some(ids)
+    out.extend_from_slice(br#","timestamp":""#);
+    junction_core::timestamp::write(now_ms, &mut out);
+    out.extend_from_slice(br#""}"#);
+    Some(out)
 }
 
-/// The events that bring the log from `emitted` to `results` for `profile` (with how to undo
-/// the change), and updates `emitted` to match what they say (the first of them to be written at log position `at`,
-/// the others after it in order). Audiences are written as they change; computed traits
-/// are written once they have a value.
+/// Appends `value` as JSON.
+fn write_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, value: &T) {
+    serde_json::to_writer(out, value).expect("serializing into memory does not fail");
+}
+
+/// The events that bring the log from `emitted` to `results` for `profile` (each one JSON
+/// object), with how to undo the change, and updates `emitted` to match what they say (the
+/// first of them to be written at log position `at`, the others after it in order).
+/// Audiences are written as they change; computed traits are written once they have a
+/// value.
 pub fn diff(
     catalog: &Catalog,
     names: &dyn Fn(&str) -> String,
@@ -99,9 +114,10 @@ pub fn diff(
     emitted: &mut Emitted,
     now_ms: i64,
     at: u64,
-) -> (Vec<serde_json::Value>, Undo) {
-    let mut events = Vec::new();
-    let mut traits = Map::new();
+) -> (Vec<Vec<u8>>, Undo) {
+    let mut events: Vec<Vec<u8>> = Vec::new();
+    // The changed computed traits, as the members of an object.
+    let mut traits: Vec<u8> = Vec::new();
     // (definition, new value, index of the event that writes it).
     let mut changed: Vec<(usize, Value, u64)> = Vec::new();
     for (i, (def, value)) in catalog.definitions().iter().zip(results).enumerate() {
@@ -117,17 +133,25 @@ pub fn diff(
                         "Audience Exited"
                     };
                     changed.push((i, Value::Bool(member), events.len() as u64));
-                    events.push(json!({
-                        "type": "track",
-                        "event": name,
-                        "properties": {"audience_key": &def.key, "audience_name": names(&def.key)},
-                        "context": {"personas": {"computation_class": "audience", "computation_key": &def.key}},
-                    }));
+                    let mut e = Vec::with_capacity(256);
+                    e.extend_from_slice(br#"{"type":"track","event":"#);
+                    write_json(&mut e, name);
+                    e.extend_from_slice(br#","properties":{"audience_key":"#);
+                    write_json(&mut e, &def.key);
+                    e.extend_from_slice(br#","audience_name":"#);
+                    write_json(&mut e, &names(&def.key));
+                    e.extend_from_slice(br#"},"context":{"personas":{"computation_class":"audience","computation_key":"#);
+                    write_json(&mut e, &def.key);
+                    e.extend_from_slice(b"}}");
+                    events.push(e);
                 }
             }
             DefKind::ComputedTrait => {
                 if value != before && !(value.is_null() && before.is_null()) {
-                    traits.insert(def.key.clone(), value.to_json());
+                    traits.push(if traits.is_empty() { b'{' } else { b',' });
+                    write_json(&mut traits, &def.key);
+                    traits.push(b':');
+                    write_json(&mut traits, &value.to_json());
                     changed.push((i, value.clone(), u64::MAX));
                 }
             }
@@ -135,23 +159,20 @@ pub fn diff(
     }
     let identify_at = events.len() as u64;
     if !traits.is_empty() {
-        events.push(json!({
-            "type": "identify",
-            "traits": traits,
-            "context": {"personas": {"computation_class": "computed_trait"}},
-        }));
+        let mut e = Vec::with_capacity(traits.len() + 160);
+        e.extend_from_slice(br#"{"type":"identify","traits":"#);
+        e.extend_from_slice(&traits);
+        e.extend_from_slice(br#"},"context":{"personas":{"computation_class":"computed_trait"}}"#);
+        events.push(e);
     }
     if events.is_empty() {
         return (events, Undo::new());
     }
-    let Some(ids) = identifiers(profile) else {
+    let Some(closing) = closing(profile, now_ms) else {
         return (Vec::new(), Undo::new());
     };
-    let timestamp = junction_core::timestamp::format(now_ms);
     for e in &mut events {
-        let obj = e.as_object_mut().expect("built as an object");
-        obj.extend(ids.clone());
-        obj.insert("timestamp".into(), timestamp.clone().into());
+        e.extend_from_slice(&closing);
     }
     let mut undo = Undo::new();
     for (i, v, index) in changed {

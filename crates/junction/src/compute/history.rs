@@ -24,12 +24,10 @@ use std::time::{Duration, Instant};
 
 use junction_core::compute::slim::Plan;
 use junction_core::compute::{Event, ProfileState};
-use junction_core::event::EventType;
 use junction_core::identity::ProfileId;
-use rustc_hash::FxHashMap as HashMap;
 
 use super::derived::{self, Emitted};
-use super::{Compute, Outbox, Status};
+use super::{Compute, Outbox, Plans, Status};
 use crate::ingest::DERIVED_SOURCE;
 use crate::log::{LogReader, Pick, RecordRef};
 use crate::unify::Unify;
@@ -222,10 +220,9 @@ impl Pick for Pass<'_> {
         if **r.source == *DERIVED_SOURCE {
             return true;
         }
-        let Some((kind, name)) = junction_core::identity::type_and_name(r.identity) else {
+        let Some(plan) = self.plans.of(&self.compute.reads, r.identity) else {
             return true;
         };
-        let plan = self.plans.get(&self.compute.reads, kind, name.as_deref());
         let (state, _) = self.states.entry(owner);
         match plan {
             Plan::Skip => false,
@@ -314,40 +311,6 @@ impl States {
 
     fn into_iter(self) -> impl Iterator<Item = (ProfileId, (ProfileState, Emitted))> {
         (self.0.into_iter().enumerate()).filter_map(|(id, s)| Some((id as ProfileId, s?)))
-    }
-}
-
-/// [`Plan`]s by event type and name, made on first use.
-#[derive(Default)]
-struct Plans {
-    by_type: HashMap<EventType, TypePlans>,
-}
-
-/// The plans of one event type: of events without a name, and by name.
-#[derive(Default)]
-struct TypePlans {
-    unnamed: Option<Plan>,
-    named: HashMap<Box<str>, Plan>,
-}
-
-impl Plans {
-    fn get(
-        &mut self,
-        reads: &junction_core::compute::slim::Reads,
-        kind: EventType,
-        name: Option<&str>,
-    ) -> &Plan {
-        let TypePlans { unnamed, named } = self.by_type.entry(kind).or_default();
-        let make = || reads.plan(kind.as_str(), name);
-        match name {
-            None => unnamed.get_or_insert_with(make),
-            Some(n) => {
-                if !named.contains_key(n) {
-                    named.insert(n.into(), make());
-                }
-                &named[n]
-            }
-        }
     }
 }
 

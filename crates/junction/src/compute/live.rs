@@ -11,7 +11,7 @@ use junction_core::identity::{EventRef, ProfileId, TimelineOp};
 use rustc_hash::FxHashMap as HashMap;
 
 use super::derived::{self, Emitted};
-use super::{Compute, Outbox, Profiles, Status, TICK};
+use super::{Compute, Outbox, Plans, Profiles, Status, TICK};
 use crate::ingest::{DERIVED_SOURCE, Ingestor};
 use crate::unify::{TimelineSubscription, Unify};
 
@@ -21,7 +21,11 @@ impl Compute {
     /// to write.
     fn apply(&self, unify: &Unify, ops: &[TimelineOp], next: u64) -> anyhow::Result<Outbox> {
         let own = std::mem::take(&mut *self.own.lock().unwrap_or_else(|e| e.into_inner()));
-        let mine = |offset: u64| own.iter().any(|r| r.contains(&offset));
+        // In log order (written in turn), so searched.
+        let mine = |offset: u64| {
+            let i = own.partition_point(|r| r.end <= offset);
+            own.get(i).is_some_and(|r| r.contains(&offset))
+        };
         let refs: Vec<EventRef> = ops
             .iter()
             .filter_map(|op| match op {
@@ -33,11 +37,11 @@ impl Compute {
         // Stored events to aggregate, and (while another engine writes, see `registry`) the
         // derived events it wrote.
         let writes = self.writes.load(Ordering::Acquire);
-        let mut json: HashMap<u64, &[u8]> = HashMap::default();
+        let mut json: HashMap<u64, (&[u8], &[u8])> = HashMap::default();
         let mut written: HashMap<u64, serde_json::Value> = HashMap::default();
         for r in &records {
             if *r.source != *DERIVED_SOURCE {
-                json.insert(r.offset, &r.json);
+                json.insert(r.offset, (&r.identity, &r.json));
             } else if !writes && let Ok(v) = serde_json::from_slice(&r.json) {
                 written.insert(r.offset, v);
             }
@@ -46,6 +50,7 @@ impl Compute {
         // Profiles being changed: their state, and what the log holds for them when that
         // changed here (a merge).
         let mut changing: HashMap<ProfileId, (ProfileState, Option<Emitted>)> = HashMap::default();
+        let mut plans = Plans::default();
         {
             let mut profiles = self.write();
             let take = |profiles: &mut Profiles, id: ProfileId| match profiles.entries.get_mut(&id)
@@ -60,8 +65,9 @@ impl Compute {
                         let (state, emitted) = changing
                             .entry(id)
                             .or_insert_with(|| take(&mut profiles, id));
-                        if let Some(bytes) = json.get(&e.offset) {
-                            self.observe(state, e.offset, e.timestamp_ms, bytes, now);
+                        if let Some(&stored) = json.get(&e.offset) {
+                            let ts = e.timestamp_ms;
+                            self.observe_planned(&mut plans, state, e.offset, ts, stored, now);
                         } else if let Some(v) = written.get(&e.offset) {
                             let emitted =
                                 emitted.get_or_insert_with(|| self.emitted_of(&profiles, id));
@@ -69,7 +75,7 @@ impl Compute {
                         }
                     }
                     TimelineOp::Move(from, to) => {
-                        let stored = Self::remove(&mut profiles, from);
+                        let stored = self.remove(&mut profiles, from);
                         let (moved, moved_emitted) = match changing.remove(&from) {
                             Some((s, e)) => (s, e.or(stored.map(|(_, e)| e))),
                             None => match stored {
@@ -182,10 +188,8 @@ impl Compute {
         if outbox.profiles.is_empty() {
             return;
         }
-        let events: Vec<serde_json::Value> = outbox
-            .profiles
-            .iter()
-            .flat_map(|(_, _, e)| e.iter().cloned())
+        let events: Vec<&[u8]> = (outbox.profiles.iter())
+            .flat_map(|(_, _, e)| e.iter().map(|e| &e[..]))
             .collect();
         match rt.block_on(ingestor.store_derived(&events, limits)) {
             Ok(stored) => {
@@ -322,6 +326,27 @@ enum Phase {
     Done,
 }
 
+/// Timeline operations applied together at most: slices that queued up while the previous
+/// round was applied or written are applied as one (a profile touched by several of them is
+/// settled, and writes its derived events, once).
+const MAX_ROUND_OPS: usize = 16_384;
+
+/// `first` and the slices queued behind it, up to [`MAX_ROUND_OPS`] operations, in order.
+fn coalesce(
+    first: crate::unify::FeedSlice,
+    ops: &std::sync::mpsc::Receiver<crate::unify::FeedSlice>,
+) -> crate::unify::FeedSlice {
+    let (mut batch, mut next) = first;
+    while batch.len() < MAX_ROUND_OPS {
+        let Ok((more, more_next)) = ops.try_recv() else {
+            break;
+        };
+        batch.extend(more);
+        next = more_next;
+    }
+    (batch, next)
+}
+
 /// How far behind the processor a background engine may be when it stops the serving one
 /// (what it still has to apply before writing: the time nothing is written).
 const TAKEOVER_LAG: u64 = 10_000;
@@ -389,7 +414,7 @@ fn run(
                 return;
             }
         }
-        let received = ops.recv_timeout(tick);
+        let received = ops.recv_timeout(tick).map(|slice| coalesce(slice, &ops));
         // Where what this round writes will land: after everything written so far.
         compute
             .log_end

@@ -36,7 +36,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use junction_core::compute::{Catalog, DefKind, Event, ProfileState, TraitSource, Value};
+use junction_core::compute::slim::Plan;
+use junction_core::compute::{Catalog, Changes, DefKind, Event, ProfileState, TraitSource, Value};
+use junction_core::event::EventType;
 use junction_core::identity::{Profile, ProfileId};
 use rustc_hash::FxHashMap as HashMap;
 
@@ -99,7 +101,7 @@ struct Entry {
 /// be written, and the events.
 #[derive(Default)]
 pub struct Outbox {
-    profiles: Vec<(ProfileId, derived::Undo, Vec<serde_json::Value>)>,
+    profiles: Vec<(ProfileId, derived::Undo, Vec<Vec<u8>>)>,
     /// Events in `profiles`: the position in the log (after the round's start) of the next.
     events: u64,
 }
@@ -115,6 +117,8 @@ struct Profiles {
     expiries: BinaryHeap<Reverse<(i64, ProfileId)>>,
     /// Profiles whose derived events could not be written: diffed again at the next tick.
     retry: Vec<ProfileId>,
+    /// Which results the last evaluation changed (and its working space).
+    changes: Changes,
 }
 
 /// The shared handle (see the module docs).
@@ -257,6 +261,32 @@ impl Compute {
             .collect()
     }
 
+    /// [`Compute::observe`] for an event stored with the projection `identity`: from its
+    /// type and name alone when they tell (see [`Plan`]).
+    #[allow(clippy::too_many_arguments)]
+    fn observe_planned(
+        &self,
+        plans: &mut Plans,
+        state: &mut ProfileState,
+        offset: u64,
+        ts: i64,
+        (identity, json): (&[u8], &[u8]),
+        now: i64,
+    ) {
+        match plans.of(&self.reads, identity) {
+            Some(Plan::Skip) => {}
+            Some(Plan::Fixed(json)) => {
+                let ev = Event {
+                    offset,
+                    timestamp_ms: ts,
+                    json,
+                };
+                self.catalog.observe(state, &ev, now);
+            }
+            Some(Plan::Slim) | None => self.observe(state, offset, ts, json, now),
+        }
+    }
+
     /// Adds one stored event to `state`, reading only what the catalog needs (a bad one is
     /// counted and skipped).
     fn observe(&self, state: &mut ProfileState, offset: u64, ts: i64, json: &[u8], now: i64) {
@@ -294,79 +324,139 @@ impl Compute {
         outbox: Option<&mut Outbox>,
     ) {
         let catalog = &*self.catalog;
-        let (old_results, old_changed, old_emitted, old_due) = match profiles.entries.remove(&id) {
-            Some(e) => (e.results, e.changed_ms, e.emitted, e.due_ms),
-            None => (
-                Vec::new(),
-                now,
-                derived::nothing(catalog.definitions().len()),
-                None,
-            ),
-        };
+        let Profiles {
+            entries,
+            members,
+            expiries,
+            changes,
+            ..
+        } = profiles;
+        let entry = entries.entry(id).or_insert_with(|| Entry {
+            state: ProfileState::default(),
+            results: Vec::new(),
+            changed_ms: now,
+            emitted: derived::nothing(catalog.definitions().len()),
+            due_ms: None,
+        });
+        entry.state = state;
+        if let Some(emitted) = emitted {
+            entry.emitted = emitted;
+        }
         // Events that left their windows go first (evaluation then reads running folds). An
         // event is observed only inside its window, so unless the profile was due (or merged:
         // the caller prunes), none has left.
-        let mut state = state;
-        if old_due.is_some_and(|t| t <= now) {
-            catalog.prune(&mut state, now);
+        if entry.due_ms.is_some_and(|t| t <= now) {
+            catalog.prune(&mut entry.state, now);
         }
-        let old_due = old_due.filter(|&t| t > now);
-        let mut results = old_results.clone();
-        catalog.evaluate_changed(&mut state, &ProfileTraits(profile), now, &mut results);
+        let old_due = entry.due_ms.filter(|&t| t > now);
+        let fresh = entry.results.is_empty();
+        let traits = ProfileTraits(profile);
+        catalog.evaluate_changed(&mut entry.state, &traits, now, &mut entry.results, changes);
         // An item due earlier than needed re-evaluates the profile once, then reschedules.
-        let due_ms = match (catalog.next_expiry(&state), old_due) {
+        entry.due_ms = match (catalog.next_expiry(&entry.state), old_due) {
             (Some(t), Some(due)) if due <= t => Some(due),
             (Some(t), _) => {
-                profiles.expiries.push(Reverse((t, id)));
+                expiries.push(Reverse((t, id)));
                 Some(t)
             }
             (None, due) => due,
         };
-        Self::count_members(profiles, &old_results, -1);
-        Self::count_members(profiles, &results, 1);
-        let mut emitted = emitted.unwrap_or(old_emitted);
+        if changes.any() {
+            entry.changed_ms = now;
+        }
+        for i in changes.changed() {
+            // An audience's value is a boolean: a change flips it (or sets it, when fresh).
+            if catalog.definitions()[i].kind == DefKind::Audience {
+                match entry.results[i].is_true() {
+                    true => members[i] += 1,
+                    false if !fresh => members[i] = members[i].saturating_sub(1),
+                    false => {}
+                }
+            }
+        }
+        // Also without a change: what the log holds may lag the results (a failed write, a
+        // takeover).
         if let (Some(outbox), Some(p)) = (outbox, profile)
             && self.writes.load(Ordering::Acquire)
         {
             let names = |key: &str| self.names.get(key).cloned().unwrap_or_else(|| key.into());
             let at = self.log_end.load(Ordering::Acquire) + outbox.events;
-            let (events, undo) = derived::diff(catalog, &names, p, &results, &mut emitted, now, at);
+            let (events, undo) = derived::diff(
+                catalog,
+                &names,
+                p,
+                &entry.results,
+                &mut entry.emitted,
+                now,
+                at,
+            );
             if !events.is_empty() {
                 outbox.events += events.len() as u64;
                 outbox.profiles.push((id, undo, events));
             }
         }
-        let changed_ms = if old_results == results {
-            old_changed
-        } else {
-            now
-        };
-        profiles.entries.insert(
-            id,
-            Entry {
-                state,
-                results,
-                changed_ms,
-                emitted,
-                due_ms,
-            },
-        );
     }
 
-    fn count_members(profiles: &mut Profiles, results: &[Value], sign: i64) {
-        for (i, v) in results.iter().enumerate() {
-            if v.is_true() {
-                profiles.members[i] = profiles.members[i].saturating_add_signed(sign);
+    /// Per audience: one fewer member for each audience `results` is a member of.
+    fn count_out(&self, members: &mut [u64], results: &[Value]) {
+        for (i, (v, d)) in results.iter().zip(self.catalog.definitions()).enumerate() {
+            if d.kind == DefKind::Audience && v.is_true() {
+                members[i] = members[i].saturating_sub(1);
             }
         }
     }
 
     /// Removes a profile (merged away) with its memberships; its state and what the log
     /// holds for it.
-    fn remove(profiles: &mut Profiles, id: ProfileId) -> Option<(ProfileState, Emitted)> {
+    fn remove(&self, profiles: &mut Profiles, id: ProfileId) -> Option<(ProfileState, Emitted)> {
         profiles.entries.remove(&id).map(|e| {
-            Self::count_members(profiles, &e.results, -1);
+            self.count_out(&mut profiles.members, &e.results);
             (e.state, e.emitted)
         })
+    }
+}
+
+/// [`Plan`]s by event type and name, made on first use.
+#[derive(Default)]
+pub(super) struct Plans {
+    by_type: HashMap<EventType, TypePlans>,
+}
+
+/// The plans of one event type: of events without a name, and by name.
+#[derive(Default)]
+struct TypePlans {
+    unnamed: Option<Plan>,
+    named: HashMap<Box<str>, Plan>,
+}
+
+impl Plans {
+    /// The plan of events with this identity projection; `None` when it does not say the
+    /// type and name (an older projection).
+    fn of(
+        &mut self,
+        reads: &junction_core::compute::slim::Reads,
+        identity: &[u8],
+    ) -> Option<&Plan> {
+        let (kind, name) = junction_core::identity::type_and_name(identity)?;
+        Some(self.get(reads, kind, name.as_deref()))
+    }
+
+    fn get(
+        &mut self,
+        reads: &junction_core::compute::slim::Reads,
+        kind: EventType,
+        name: Option<&str>,
+    ) -> &Plan {
+        let TypePlans { unnamed, named } = self.by_type.entry(kind).or_default();
+        let make = || reads.plan(kind.as_str(), name);
+        match name {
+            None => unnamed.get_or_insert_with(make),
+            Some(n) => {
+                if !named.contains_key(n) {
+                    named.insert(n.into(), make());
+                }
+                &named[n]
+            }
+        }
     }
 }
