@@ -329,7 +329,7 @@ enum Phase {
 /// Timeline operations applied together at most: slices that queued up while the previous
 /// round was applied or written are applied as one (a profile touched by several of them is
 /// settled, and writes its derived events, once).
-const MAX_ROUND_OPS: usize = 16_384;
+const MAX_ROUND_OPS: usize = 4_096;
 
 /// `first` and the slices queued behind it, up to [`MAX_ROUND_OPS`] operations, in order.
 fn coalesce(

@@ -39,7 +39,7 @@ use std::time::Duration;
 use junction_core::compute::slim::Plan;
 use junction_core::compute::{Catalog, Changes, DefKind, Event, ProfileState, TraitSource, Value};
 use junction_core::event::EventType;
-use junction_core::identity::{Profile, ProfileId};
+use junction_core::identity::{Profile, ProfileId, TraitValue};
 use rustc_hash::FxHashMap as HashMap;
 
 use crate::clock::Clock;
@@ -154,17 +154,39 @@ pub struct Compute {
     history: Mutex<std::collections::VecDeque<(i64, Vec<u64>)>>,
 }
 
-/// A profile's traits as the language reads them.
-struct ProfileTraits<'a>(Option<&'a Profile>);
+/// A profile's traits as the language reads them, each parsed once (several definitions
+/// often read the same trait).
+struct ProfileTraits<'a> {
+    profile: Option<&'a Profile>,
+    /// The traits read so far (by address) and their JSON.
+    parsed: std::cell::RefCell<Vec<(&'a TraitValue, Option<serde_json::Value>)>>,
+}
+
+impl<'a> ProfileTraits<'a> {
+    fn new(profile: Option<&'a Profile>) -> ProfileTraits<'a> {
+        ProfileTraits {
+            profile,
+            parsed: Default::default(),
+        }
+    }
+}
 
 impl TraitSource for ProfileTraits<'_> {
     fn trait_value(&self, path: &[Box<str>]) -> Value {
-        let Some(v) = self.0.and_then(|p| p.traits.get(&path[0])) else {
+        let Some(v) = self.profile.and_then(|p| p.traits.get(&path[0])) else {
             return Value::Null;
         };
-        match serde_json::from_str::<serde_json::Value>(&v.json) {
-            Ok(json) => junction_core::compute::program::lookup(&json, &path[1..]),
-            Err(_) => Value::Null,
+        let mut parsed = self.parsed.borrow_mut();
+        let i = match parsed.iter().position(|(seen, _)| std::ptr::eq(*seen, v)) {
+            Some(i) => i,
+            None => {
+                parsed.push((v, serde_json::from_str(&v.json).ok()));
+                parsed.len() - 1
+            }
+        };
+        match &parsed[i].1 {
+            Some(json) => junction_core::compute::program::lookup(json, &path[1..]),
+            None => Value::Null,
         }
     }
 }
@@ -350,7 +372,7 @@ impl Compute {
         }
         let old_due = entry.due_ms.filter(|&t| t > now);
         let fresh = entry.results.is_empty();
-        let traits = ProfileTraits(profile);
+        let traits = ProfileTraits::new(profile);
         catalog.evaluate_changed(&mut entry.state, &traits, now, &mut entry.results, changes);
         // An item due earlier than needed re-evaluates the profile once, then reschedules.
         entry.due_ms = match (catalog.next_expiry(&entry.state), old_due) {

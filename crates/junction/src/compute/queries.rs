@@ -155,7 +155,7 @@ impl Compute {
             let graph = unify.graph();
             let profiles = self.read();
             for (id, e) in &profiles.entries {
-                let traits = ProfileTraits(graph.profile(*id));
+                let traits = ProfileTraits::new(graph.profile(*id));
                 count(
                     *id,
                     catalog

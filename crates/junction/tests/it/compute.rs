@@ -166,6 +166,47 @@ async fn traits_and_audiences_follow_events_merges_and_the_clock() {
     );
     // Written back into the log: the last identify carries the final values.
     let log = derived_until(&app, 3).await;
+    // Each derived event whole, as destinations will see it.
+    let stored = read_log(&app.state.config.log.dir);
+    let whole = |what: &str| {
+        let (_, e) = (stored.iter())
+            .find(|(source, e)| source == "junction" && (e["event"] == what || e["type"] == what))
+            .unwrap_or_else(|| panic!("no derived {what}: {stored:?}"));
+        assert!(
+            e["messageId"].as_str().is_some_and(|m| !m.is_empty()),
+            "{e}"
+        );
+        assert_eq!(e["timestamp"], iso(T), "{e}");
+        e.clone()
+    };
+    let e = whole("Audience Entered");
+    assert_eq!(e["type"], "track", "{e}");
+    let keys = (
+        e["properties"]["audience_key"].clone(),
+        e["context"]["personas"].clone(),
+    );
+    let want = |key: &str| {
+        (
+            json!(key),
+            json!({"computation_class": "audience", "computation_key": key}),
+        )
+    };
+    assert!(
+        keys == want("buyers") || keys == want("recent_viewers"),
+        "{e}"
+    );
+    let name = if keys.0 == "buyers" {
+        "Buyers"
+    } else {
+        "recent_viewers"
+    };
+    assert_eq!(e["properties"]["audience_name"], name, "{e}");
+    let e = whole("identify");
+    assert_eq!(
+        e["context"]["personas"],
+        json!({"computation_class": "computed_trait"}),
+        "{e}"
+    );
     assert!(
         log.contains(&entered("buyers", json!("u1"), Value::Null)),
         "{log:?}"
