@@ -19,6 +19,7 @@ pub mod error;
 pub mod fold;
 pub mod lexer;
 pub mod parser;
+pub mod paths;
 pub mod program;
 pub mod reference;
 pub mod slim;

@@ -190,8 +190,7 @@ fn compute_history(
     let as_of = junction_core::timestamp::format(clock.now_ms());
     let compute = crate::compute::Compute::new(definitions, clock, config.compute_time_lag);
     let started = Instant::now();
-    let owners = unify::owners(graph, next);
-    compute.compute_history(log_dir, (next, &owners), false, graph)?;
+    compute.compute_history(log_dir, next, false, graph)?;
     let seconds = started.elapsed().as_secs_f64();
     let (mut audiences, mut computed_traits) = (Default::default(), Default::default());
     compute.totals(&mut audiences, &mut computed_traits);

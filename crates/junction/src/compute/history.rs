@@ -1,36 +1,51 @@
-//! The history pass: every definition computed over the log below an offset, in one read of
-//! the stored events (at start, for `rebuild`, for offline reads, and for a preview whose
-//! aggregates are not kept).
+//! The history pass: every definition computed over the log below an offset (at start, for
+//! `rebuild`, for offline reads, and for a preview whose aggregates are not kept).
 //!
-//! Most events need not be parsed: the identity projection stored with each event holds its
-//! type and name, from which [`Plan`] tells whether no aggregate can match it, whether a
-//! fixed object of the type and name evaluates like it, or whether its JSON is needed (read
-//! with [`LogReader::next_frame_picked`], which decompresses a frame's JSON block only when
-//! one of its events needs it). Events without such a projection (older logs, derived
-//! events) are read whole, as before.
+//! The events are read through their columns ([`columns`]): per offset, the event's type
+//! and name, from which [`Plan`] tells whether no aggregate can match it, whether a fixed
+//! object of the type and name evaluates like it, or whether it needs the values at the
+//! paths the catalog reads (kept in the columns too); derived events and events that are
+//! not JSON objects are kept whole and read as before.
 //!
-//! The log is read by up to [`MAX_WORKERS`] threads, one segment at a time each, into their
-//! own per-profile states, combined at the end: aggregates merge like the states of merged
-//! profiles ([`Catalog::absorb`]) and derived records keep the latest write
-//! ([`derived::absorb`]), so the result does not depend on which worker read what (up to
-//! the last bits of `f64` sums, as for any order of events).
+//! Two ways to find each event's profile:
+//! - from the graph, when it is the graph of the pass's end (`rebuild`, offline reads,
+//!   previews): each profile's own list of events is walked, by several threads taking
+//!   ranges of profile ids, each settling its profiles into its own table, joined at the end
+//!   (nothing to merge: a profile is computed by one thread);
+//! - from an owners table taken with a timeline subscription (the engine's start: the graph
+//!   may have moved on since): the offsets are split between threads, each into its own
+//!   per-profile states, combined at the end: aggregates merge like the states of merged
+//!   profiles ([`Catalog::absorb`]) and derived records keep the latest write
+//!   ([`derived::absorb`]).
+//!
+//! Either way the result does not depend on which thread read what (up to the last bits of
+//! `f64` sums, as for any order of events). A profile gets results when the log holds one
+//! of its events below the end (whether or not an aggregate matches it).
 //!
 //! [`Catalog::absorb`]: junction_core::compute::Catalog::absorb
 
 use std::path::Path;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use junction_core::compute::slim::Plan;
 use junction_core::compute::{Event, ProfileState};
-use junction_core::identity::ProfileId;
+use junction_core::identity::{Graph, ProfileId};
 
+use super::columns::{self, Columns, Kind};
 use super::derived::{self, Emitted};
-use super::{Compute, Outbox, Plans, Status};
-use crate::ingest::DERIVED_SOURCE;
-use crate::log::{LogReader, Pick, RecordRef};
+use super::{Compute, Outbox, Profiles, Status};
 use crate::unify::Unify;
+
+/// Where the pass finds the profile of each event.
+#[derive(Clone, Copy)]
+enum Owners<'a> {
+    /// The profiles' own event lists (the graph is the graph of the pass's end).
+    Graph,
+    /// Per offset below the end: its profile (0: none) and timestamp.
+    Table(&'a [(ProfileId, i64)]),
+}
 
 impl Compute {
     /// Computes over the history: `owners` says who owns each event below `applied`; the
@@ -41,146 +56,295 @@ impl Compute {
         &self,
         unify: &Unify,
         log_dir: &Path,
-        owners: (u64, &[(ProfileId, i64)]),
+        (applied, owners): (u64, &[(ProfileId, i64)]),
         emit: bool,
     ) -> anyhow::Result<Outbox> {
-        self.compute_history(log_dir, owners, emit, &unify.graph())
+        let graph = unify.graph();
+        self.history_pass(
+            log_dir,
+            applied,
+            Owners::Table(owners),
+            emit,
+            &graph,
+            workers(),
+        )
     }
 
-    /// [`Compute::backfill`] with the profiles' traits read from `graph`.
+    /// Computes over the history below `applied`, with `graph` the graph of that offset
+    /// (it owns every event below, and the profiles' traits are read from it).
     pub fn compute_history(
         &self,
         log_dir: &Path,
-        owners: (u64, &[(ProfileId, i64)]),
+        applied: u64,
         emit: bool,
-        graph: &junction_core::identity::Graph,
+        graph: &Graph,
     ) -> anyhow::Result<Outbox> {
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        self.history_pass(log_dir, owners, emit, graph, cores.min(MAX_WORKERS))
+        self.history_pass(log_dir, applied, Owners::Graph, emit, graph, workers())
     }
 
     /// [`Compute::compute_history`] with `max_workers` threads at most.
     fn history_pass(
         &self,
         log_dir: &Path,
-        (applied, owners): (u64, &[(ProfileId, i64)]),
+        applied: u64,
+        owners: Owners<'_>,
         emit: bool,
-        graph: &junction_core::identity::Graph,
+        graph: &Graph,
         max_workers: usize,
     ) -> anyhow::Result<Outbox> {
-        let total = applied;
-        let now = self.clock.now_ms();
         if self.catalog.is_empty() {
             // Nothing to compute; the caller sets `ready`, as after any pass.
-            self.applied.store(total, Ordering::Release);
+            self.applied.store(applied, Ordering::Release);
             return Ok(Outbox::default());
         }
-        // Segments are frame boundaries: workers take them in turn, each into its own
-        // states, merged at the end (aggregates and derived records merge exactly).
-        let starts = LogReader::segment_starts(log_dir)?;
-        let ranges: Vec<(u64, u64)> = (starts.iter().enumerate())
-            .map(|(i, &from)| (from, starts.get(i + 1).map_or(total, |&n| n.min(total))))
-            .filter(|(from, to)| from < to)
-            .collect();
-        let workers = max_workers.min(ranges.len()).max(1);
-        let next_range = AtomicUsize::new(0);
         let progress = Progress {
             done: AtomicU64::new(0),
             last: Mutex::new(Instant::now()),
         };
-        let work = || -> anyhow::Result<States> {
-            let mut pass = Pass {
-                compute: self,
-                owners,
-                now,
-                states: States::new(graph.next_id()),
-                plans: Plans::default(),
-                seen: 0,
+        let paths = junction_core::compute::paths::read_paths(&self.catalog);
+        let done = |n| progress.add(self, n, applied);
+        let columns = columns::load(log_dir, applied, &paths, max_workers, &self.stop, &done)?;
+        let pass = Pass {
+            plans: (columns.names().iter())
+                .map(|(kind, name)| self.reads.plan(kind, name.as_deref()))
+                .collect(),
+            columns,
+            now: self.clock.now_ms(),
+            applied,
+        };
+        let outbox = match owners {
+            Owners::Graph => self.by_profile(&pass, graph, emit, max_workers)?,
+            Owners::Table(owners) => self.by_offset(&pass, owners, emit, graph, max_workers)?,
+        };
+        self.applied.store(applied, Ordering::Release);
+        Ok(outbox)
+    }
+
+    /// The pass with the profiles' own event lists (see the module docs).
+    fn by_profile(
+        &self,
+        pass: &Pass,
+        graph: &Graph,
+        emit: bool,
+        workers: usize,
+    ) -> anyhow::Result<Outbox> {
+        const CHUNK: ProfileId = 4096;
+        let next_chunk = AtomicU64::new(0);
+        let definitions = self.catalog.definitions().len();
+        let work = || -> anyhow::Result<(Profiles, Vec<Computed>)> {
+            let mut table = Profiles {
+                members: vec![0; definitions],
+                ..Profiles::default()
             };
-            while let Some(&(from, to)) = ranges.get(next_range.fetch_add(1, Ordering::Relaxed)) {
-                let mut read = || -> anyhow::Result<()> {
-                    let mut reader = LogReader::open(log_dir, from)?;
-                    reader.set_end_offset(Some(to));
-                    while !self.stop.load(Ordering::Acquire)
-                        && reader.next_frame_picked(&mut pass)?
+            let mut kept = Vec::new();
+            loop {
+                let from = next_chunk.fetch_add(1, Ordering::Relaxed) * CHUNK;
+                if from >= graph.next_id() {
+                    return Ok((table, kept));
+                }
+                if self.stop.load(Ordering::Acquire) {
+                    anyhow::bail!("the history pass was stopped");
+                }
+                for id in from..(from + CHUNK).min(graph.next_id()) {
+                    let Some(profile) = graph.profile(id) else {
+                        continue;
+                    };
+                    let (mut state, mut emitted, mut seen) = Default::default();
+                    for e in profile
+                        .events
+                        .iter()
+                        .take_while(|e| e.offset < pass.applied)
                     {
-                        let seen = std::mem::take(&mut pass.seen);
-                        progress.add(self, seen, total);
+                        seen |= self.observe_at(
+                            pass,
+                            e.offset,
+                            e.timestamp_ms,
+                            &mut state,
+                            &mut emitted,
+                        );
                     }
-                    Ok(())
-                };
-                if let Err(e) = read() {
-                    // The pass fails: the other workers take no further segment.
-                    next_range.store(ranges.len(), Ordering::Relaxed);
-                    return Err(e);
+                    match (seen, emit) {
+                        (false, _) => {}
+                        (true, true) => kept.push((id, state, emitted)),
+                        (true, false) => {
+                            self.settle_new(&mut table, id, state, emitted, graph, pass.now, None)
+                        }
+                    }
                 }
             }
-            Ok(pass.states)
         };
-        let states = if workers == 1 {
-            work()?
-        } else {
-            let done: Vec<anyhow::Result<States>> = std::thread::scope(|s| {
-                let handles: Vec<_> = (0..workers)
-                    .map(|_| {
-                        std::thread::Builder::new()
-                            .name("compute-history".into())
-                            .spawn_scoped(s, work)
-                    })
-                    .collect::<Result<_, _>>()?;
-                Ok::<_, std::io::Error>(
-                    handles
-                        .into_iter()
-                        .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
-                        .collect(),
-                )
-            })?;
-            let mut done = done.into_iter();
-            let mut states = done.next().expect("one worker at least")?;
-            for more in done {
-                states.absorb(more?, &self.catalog);
+        let done = columns::run(workers, work)?;
+        let mut outbox = Outbox::default();
+        let mut profiles = self.write();
+        let mut kept = Vec::new();
+        for (table, more) in done {
+            profiles.absorb(table);
+            kept.extend(more);
+        }
+        // With derived events to write, in profile order (as the live engine does).
+        kept.sort_unstable_by_key(|(id, _, _)| *id);
+        for (id, state, emitted) in kept {
+            self.settle_new(
+                &mut profiles,
+                id,
+                state,
+                emitted,
+                graph,
+                pass.now,
+                Some(&mut outbox),
+            );
+        }
+        Ok(outbox)
+    }
+
+    /// The pass with an owners table (see the module docs).
+    fn by_offset(
+        &self,
+        pass: &Pass,
+        owners: &[(ProfileId, i64)],
+        emit: bool,
+        graph: &Graph,
+        workers: usize,
+    ) -> anyhow::Result<Outbox> {
+        let end = owners.len().min(usize::try_from(pass.applied)?);
+        let step = end.div_ceil(workers.max(1)).max(1);
+        let next_range = AtomicU64::new(0);
+        let work = || -> anyhow::Result<States> {
+            let mut states = States::new(graph.next_id());
+            loop {
+                let from = next_range.fetch_add(step as u64, Ordering::Relaxed) as usize;
+                if from >= end {
+                    return Ok(states);
+                }
+                for (offset, &(owner, ts)) in (from..).zip(&owners[from..(from + step).min(end)]) {
+                    if offset % 4096 == 0 && self.stop.load(Ordering::Acquire) {
+                        anyhow::bail!("the history pass was stopped");
+                    }
+                    // A profile gets a state only when the log holds one of its events.
+                    if owner == 0 || matches!(pass.columns.kind(offset as u64), Kind::Absent) {
+                        continue;
+                    }
+                    let (state, emitted) = states.entry(owner);
+                    self.observe_at(pass, offset as u64, ts, state, emitted);
+                }
             }
-            states
         };
-        if self.stop.load(Ordering::Acquire) {
-            anyhow::bail!("the history pass was stopped");
+        let mut done = columns::run(workers, work)?.into_iter();
+        let mut states = done.next().expect("one worker at least");
+        for more in done {
+            states.absorb(more, &self.catalog);
         }
         let mut outbox = Outbox::default();
         let mut profiles = self.write();
         // Grown once rather than by doubling (each doubling moved every entry).
         profiles.entries.reserve(states.count());
-        let definitions = self.catalog.definitions().len();
         for (id, (state, emitted)) in states.into_iter() {
-            let emitted = match emitted.is_empty() {
-                true => derived::nothing(definitions),
-                false => emitted,
-            };
             let out = emit.then_some(&mut outbox);
-            self.settle(
-                &mut profiles,
-                id,
-                state,
-                Some(emitted),
-                graph.profile(id),
-                now,
-                out,
-            );
+            self.settle_new(&mut profiles, id, state, emitted, graph, pass.now, out);
         }
-        drop(profiles);
-        self.applied.store(total, Ordering::Release);
         Ok(outbox)
+    }
+
+    /// Adds the event at `offset` (of time `ts`) to a profile's state, or the derived event
+    /// there to what the log holds for it; whether the log holds an event there.
+    fn observe_at(
+        &self,
+        pass: &Pass,
+        offset: u64,
+        ts: i64,
+        state: &mut ProfileState,
+        emitted: &mut Emitted,
+    ) -> bool {
+        let observe = |state: &mut ProfileState, json: &serde_json::Value| {
+            let ev = Event {
+                offset,
+                timestamp_ms: ts,
+                json,
+            };
+            self.catalog.observe(state, &ev, pass.now);
+        };
+        match pass.columns.kind(offset) {
+            Kind::Absent => return false,
+            Kind::Raw(raw) if raw.derived => {
+                if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&raw.json) {
+                    if emitted.is_empty() {
+                        *emitted = derived::nothing(self.catalog.definitions().len());
+                    }
+                    derived::record(&self.catalog, emitted, &v, offset);
+                }
+            }
+            Kind::Raw(raw) => self.observe(state, offset, ts, &raw.json, pass.now),
+            Kind::Typed(id) => match &pass.plans[id as usize] {
+                Plan::Skip => {}
+                Plan::Fixed(json) => observe(state, json),
+                Plan::Slim => observe(state, &pass.columns.event(offset, id)),
+            },
+        }
+        true
+    }
+
+    /// Settles a profile computed by the pass (its `emitted` empty when the log holds no
+    /// derived event of it).
+    #[allow(clippy::too_many_arguments)]
+    fn settle_new(
+        &self,
+        profiles: &mut Profiles,
+        id: ProfileId,
+        state: ProfileState,
+        emitted: Emitted,
+        graph: &Graph,
+        now: i64,
+        outbox: Option<&mut Outbox>,
+    ) {
+        let emitted = match emitted.is_empty() {
+            true => derived::nothing(self.catalog.definitions().len()),
+            false => emitted,
+        };
+        self.settle(
+            profiles,
+            id,
+            state,
+            Some(emitted),
+            graph.profile(id),
+            now,
+            outbox,
+        );
     }
 }
 
-/// The state of the history pass.
-struct Pass<'a> {
-    compute: &'a Compute,
-    owners: &'a [(ProfileId, i64)],
+/// Threads of the history pass at most.
+fn workers() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    cores.min(MAX_WORKERS)
+}
+
+/// A profile computed by the pass, to settle later.
+type Computed = (ProfileId, ProfileState, Emitted);
+
+/// What every thread of the pass reads.
+struct Pass {
+    columns: Columns,
+    /// By type and name id of the columns.
+    plans: Vec<Plan>,
     now: i64,
-    states: States,
-    plans: Plans,
-    /// Records seen since the last progress report.
-    seen: u64,
+    /// The pass's end (exclusive).
+    applied: u64,
+}
+
+impl Profiles {
+    /// Adds the profiles of `other` (none of them is in `self`).
+    fn absorb(&mut self, other: Profiles) {
+        if self.entries.is_empty() {
+            self.entries = other.entries;
+        } else {
+            self.entries.extend(other.entries);
+        }
+        for (mine, theirs) in self.members.iter_mut().zip(other.members) {
+            *mine += theirs;
+        }
+        self.expiries.extend(other.expiries);
+        self.retry.extend(other.retry);
+    }
 }
 
 /// Workers of the history pass at most (each keeps a state per profile until the merge).
@@ -208,62 +372,6 @@ impl Progress {
     }
 }
 
-impl Pick for Pass<'_> {
-    fn pick(&mut self, r: RecordRef<'_>) -> bool {
-        self.seen += 1;
-        let Some(&(owner, ts)) = self.owners.get(r.offset as usize) else {
-            return false;
-        };
-        if owner == 0 {
-            return false;
-        }
-        if **r.source == *DERIVED_SOURCE {
-            return true;
-        }
-        let Some(plan) = self.plans.of(&self.compute.reads, r.identity) else {
-            return true;
-        };
-        let (state, _) = self.states.entry(owner);
-        match plan {
-            Plan::Skip => false,
-            Plan::Fixed(json) => {
-                let ev = Event {
-                    offset: r.offset,
-                    timestamp_ms: ts,
-                    json,
-                };
-                self.compute.catalog.observe(state, &ev, self.now);
-                false
-            }
-            Plan::Slim => true,
-        }
-    }
-
-    fn visit(&mut self, r: RecordRef<'_>) {
-        if r.identity.is_empty() {
-            self.seen += 1; // not seen by `pick`
-        }
-        let Some(&(owner, ts)) = self.owners.get(r.offset as usize) else {
-            return;
-        };
-        if owner == 0 {
-            return;
-        }
-        let (state, emitted) = self.states.entry(owner);
-        if **r.source == *DERIVED_SOURCE {
-            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(r.json) {
-                let catalog = &self.compute.catalog;
-                if emitted.is_empty() {
-                    *emitted = derived::nothing(catalog.definitions().len());
-                }
-                derived::record(catalog, emitted, &v, r.offset);
-            }
-        } else {
-            self.compute.observe(state, r.offset, ts, r.json, self.now);
-        }
-    }
-}
-
 /// Every profile's state during the pass, by profile id (ids are dense: the graph hands
 /// them out from 1 up).
 struct States(Vec<Option<(ProfileState, Emitted)>>);
@@ -275,12 +383,13 @@ impl States {
 
     /// The state of profile `id`; its `Emitted` stays empty (no allocation) until a derived
     /// event of the profile is read.
-    fn entry(&mut self, id: ProfileId) -> &mut (ProfileState, Emitted) {
+    fn entry(&mut self, id: ProfileId) -> (&mut ProfileState, &mut Emitted) {
         let i = usize::try_from(id).expect("a profile id fits in memory");
         if i >= self.0.len() {
             self.0.resize_with(i + 1, || None);
         }
-        self.0[i].get_or_insert_with(Default::default)
+        let (state, emitted) = self.0[i].get_or_insert_with(Default::default);
+        (state, emitted)
     }
 
     /// The number of profiles with a state.
@@ -314,13 +423,14 @@ impl States {
     }
 }
 
-/// Computes everything for a stopped data dir (offline reads): the history, no thread.
+/// Computes everything for a stopped data dir (offline reads, previews): the history, with
+/// the graph as it is.
 pub fn compute_offline(compute: &Compute, unify: &Unify, log_dir: &Path) -> anyhow::Result<()> {
     if compute.catalog.is_empty() {
         return Ok(());
     }
-    let (applied, owners) = unify.owners();
-    compute.backfill(unify, log_dir, (applied, &owners), false)?;
+    let graph = unify.graph();
+    compute.compute_history(log_dir, unify.applied(), false, &graph)?;
     compute.set_status(Status::Ready);
     Ok(())
 }
@@ -336,7 +446,8 @@ mod tests {
     use super::*;
     use crate::clock::FixedClock;
     use crate::config::{AudienceConfig, ComputedTraitConfig, Definitions};
-    use crate::log::{Codec, Entry, Log, LogConfig, PendingFrame};
+    use crate::ingest::DERIVED_SOURCE;
+    use crate::log::{Codec, Entry, Log, LogConfig, LogReader, PendingFrame};
 
     const DAY: i64 = 86_400_000;
     const NOW: i64 = 1_796_000_000_000;
@@ -421,7 +532,8 @@ mod tests {
     }
 
     /// Two catalogs: the benchmark's (most events match no aggregate), and one where every
-    /// event matches some aggregate, most only by type and name.
+    /// event matches some aggregate, most only by type and name, reading more paths (whole
+    /// objects, strings) than the first.
     fn catalogs() -> [Definitions; 2] {
         let t = |key: &str, expr: &str| ComputedTraitConfig {
             key: key.into(),
@@ -459,6 +571,8 @@ mod tests {
                 ),
                 t("seen", "last_seen()"),
                 t("names", "unique(event)"),
+                t("plan", r#"last(traits.plan, type = "identify")"#),
+                t("props", r#"last(properties, type = "page")"#),
             ],
             vec![viewers()],
         )
@@ -466,71 +580,118 @@ mod tests {
         [bench, wide]
     }
 
+    /// A history pass over `dir` by `workers` threads, finding owners in the graph or in a
+    /// table.
     fn compute(
         definitions: &Definitions,
         dir: &Path,
-        graph: &junction_core::identity::Graph,
-        next: u64,
+        (graph, next): (&Graph, u64),
         workers: usize,
+        by_graph: bool,
     ) -> Compute {
         let clock = Arc::new(FixedClock::new(NOW));
         let compute = Compute::new(definitions, clock, Duration::from_secs(1));
-        let owners = crate::unify::owners(graph, next);
-        compute
-            .history_pass(dir, (next, &owners), false, graph, workers)
-            .unwrap();
+        let table = crate::unify::owners(graph, next);
+        let owners = match by_graph {
+            true => Owners::Graph,
+            false => Owners::Table(&table),
+        };
+        (compute.history_pass(dir, next, owners, false, graph, workers)).unwrap();
         compute
     }
 
-    /// Regression pin of the fast path: computing from the type and name in the identity
-    /// projection, by one worker or several, gives exactly what one pass reading every
-    /// event's JSON gives.
+    /// What the pass computed before columns: every event's JSON read in log order, into
+    /// one state per profile.
+    fn json_pass(definitions: &Definitions, dir: &Path, (graph, next): (&Graph, u64)) -> Compute {
+        let clock = Arc::new(FixedClock::new(NOW));
+        let compute = Compute::new(definitions, clock, Duration::from_secs(1));
+        let owners = crate::unify::owners(graph, next);
+        let mut states = States::new(graph.next_id());
+        let mut reader = LogReader::open(dir, 0).unwrap();
+        reader.set_end_offset(Some(next));
+        while let Some(r) = reader.next_record().unwrap() {
+            let (state, emitted) = states.entry(owners[r.offset as usize].0);
+            let ts = owners[r.offset as usize].1;
+            match *r.source == *DERIVED_SOURCE {
+                true => {
+                    let v: serde_json::Value = serde_json::from_slice(&r.json).unwrap();
+                    if emitted.is_empty() {
+                        *emitted = derived::nothing(definitions.catalog.definitions().len());
+                    }
+                    derived::record(&definitions.catalog, emitted, &v, r.offset);
+                }
+                false => compute.observe(state, r.offset, ts, &r.json, NOW),
+            }
+        }
+        let mut profiles = compute.write();
+        for (id, (state, emitted)) in states.into_iter() {
+            compute.settle_new(&mut profiles, id, state, emitted, graph, NOW, None);
+        }
+        drop(profiles);
+        compute
+    }
+
+    /// Asserts that `fast` computed exactly what `slow` did for every profile of `graph`.
+    fn assert_same(fast: &Compute, slow: &Compute, graph: &Graph, what: &str) {
+        let mut seen = 0;
+        for p in graph.profiles() {
+            let results = fast.results(p.id);
+            assert_eq!(results, slow.results(p.id), "{what}: profile {}", p.id);
+            let emitted = |c: &Compute| c.read().entries.get(&p.id).unwrap().emitted.clone();
+            assert_eq!(emitted(fast), emitted(slow), "{what}: emitted of {}", p.id);
+            seen += usize::from(results.is_some());
+        }
+        assert_eq!(seen, 200, "{what}: one profile per user");
+        assert_eq!(fast.audiences(), slow.audiences(), "{what}");
+        let members: u64 = fast.audiences().iter().map(|(_, n)| n).sum();
+        assert!(members > 5 && members < 195, "{what}: {members} members");
+        let recorded = |c: &Compute| {
+            let profiles = c.read();
+            let writes = profiles.entries.values().flat_map(|e| &e.emitted);
+            writes.filter(|(_, offset)| *offset > 0).count()
+        };
+        assert!(recorded(fast) > 10, "{what}: derived events read back");
+    }
+
+    /// Regression pin of the columns: a pass building them, then passes reading the kept
+    /// column files (with more paths for the second catalog), by one thread or several,
+    /// with owners from the graph or from a table, over a log with identity projections
+    /// or without, give exactly what a pass reading every event's JSON gives.
     #[test]
-    fn the_history_pass_from_projections_equals_the_pass_over_the_json() {
+    fn the_history_pass_from_columns_equals_the_pass_over_the_json() {
         let events = events(3000);
         let tmp = tempfile::tempdir().unwrap();
-        let (fast, slow) = (tmp.path().join("fast"), tmp.path().join("slow"));
+        let (fast, bare) = (tmp.path().join("a/log"), tmp.path().join("b/log"));
         write_log(&fast, &events, |e| e.identity.clone());
         assert!(
             events
                 .iter()
                 .all(|e| type_and_name_of(&e.identity).is_some())
         );
-        // No projection: every event is read whole, as before projections held the name.
-        write_log(&slow, &events, |_| Vec::new());
+        // No projection: type and name come from the JSON, as in logs older than them.
+        write_log(&bare, &events, |_| Vec::new());
         let (graph, next) =
             crate::unify::processor::replay(&fast, Rules::default(), &mut |_, _| ()).unwrap();
         assert_eq!(next, 3000);
         assert!(LogReader::segment_starts(&fast).unwrap().len() > 5);
         for definitions in catalogs() {
-            let slow = compute(&definitions, &slow, &graph, next, 1);
-            for workers in [1, 3] {
-                let fast = compute(&definitions, &fast, &graph, next, workers);
-                let mut seen = 0;
-                for p in graph.profiles() {
-                    let results = fast.results(p.id);
-                    assert_eq!(results, slow.results(p.id), "profile {}", p.id);
-                    let emitted =
-                        |c: &Compute| c.read().entries.get(&p.id).unwrap().emitted.clone();
-                    assert_eq!(emitted(&fast), emitted(&slow), "emitted of {}", p.id);
-                    seen += usize::from(results.is_some());
+            let slow = json_pass(&definitions, &fast, (&graph, next));
+            for dir in [&fast, &bare] {
+                for (run, workers, by_graph) in
+                    [(1, 1, true), (2, 3, true), (3, 1, false), (4, 3, false)]
+                {
+                    let fast = compute(&definitions, dir, (&graph, next), workers, by_graph);
+                    let what = format!("{} run {run}", dir.display());
+                    assert_same(&fast, &slow, &graph, &what);
                 }
-                assert_eq!(seen, 200, "one profile per user");
-                assert_eq!(fast.audiences(), slow.audiences());
-                let members: u64 = fast.audiences().iter().map(|(_, n)| n).sum();
-                assert!(members > 5 && members < 195, "{members} members");
-                let recorded = |c: &Compute| {
-                    let profiles = c.read();
-                    let writes = profiles.entries.values().flat_map(|e| &e.emitted);
-                    writes.filter(|(_, offset)| *offset > 0).count()
-                };
-                assert!(recorded(&fast) > 10, "derived events read back");
+                let kept = columns::dir_for(dir).unwrap();
+                let sealed = LogReader::segment_starts(dir).unwrap().len() - 1;
+                assert_eq!(std::fs::read_dir(kept).unwrap().count(), sealed);
             }
         }
     }
-
     /// A log of `n` events with name projections, and the identity graph replayed from it.
-    fn replayed_log(n: usize) -> (tempfile::TempDir, junction_core::identity::Graph, u64) {
+    fn replayed_log(n: usize) -> (tempfile::TempDir, Graph, u64) {
         let events = events(n);
         let tmp = tempfile::tempdir().unwrap();
         write_log(tmp.path(), &events, |e| e.identity.clone());
@@ -543,7 +704,7 @@ mod tests {
     /// with the engine it ran in (`prepare` runs on the engine first).
     fn failed_pass(
         dir: &std::path::Path,
-        (graph, next): (&junction_core::identity::Graph, u64),
+        (graph, next): (&Graph, u64),
         workers: usize,
         prepare: impl Fn(&Compute),
     ) -> (Compute, anyhow::Error) {
@@ -553,7 +714,7 @@ mod tests {
         prepare(&compute);
         let owners = crate::unify::owners(graph, next);
         let err = compute
-            .history_pass(dir, (next, &owners), false, graph, workers)
+            .history_pass(dir, next, Owners::Table(&owners), false, graph, workers)
             .err()
             .expect("the pass fails");
         (compute, err)

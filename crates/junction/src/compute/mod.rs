@@ -44,6 +44,7 @@ use rustc_hash::FxHashMap as HashMap;
 
 use crate::clock::Clock;
 
+mod columns;
 pub mod derived;
 mod history;
 mod live;

@@ -190,6 +190,12 @@ impl LogReader {
             .collect())
     }
 
+    /// The log's segment files, `(base offset, path)`, ascending: all but the last are
+    /// sealed (never written again, though a rewrite may replace the file).
+    pub fn segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, LogError> {
+        list_segments(dir)
+    }
+
     /// Stops before offset `end` (exclusive) until raised again; `None` reads to the tail.
     pub fn set_end_offset(&mut self, end: Option<u64>) {
         self.end = end;
