@@ -436,7 +436,7 @@ pub fn compute_offline(compute: &Compute, unify: &Unify, log_dir: &Path) -> anyh
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::path::Path;
     use std::sync::Arc;
 
@@ -467,7 +467,7 @@ mod tests {
 
     /// Stored events of a few users: several types, names that a filter lists or not, an
     /// escaped name, revenues in quarters (exact sums).
-    fn events(n: usize) -> Vec<Normalized> {
+    pub(in crate::compute) fn events(n: usize) -> Vec<Normalized> {
         let mut rng = Rng(7);
         let meta = RequestMeta {
             received_at_ms: NOW,
@@ -503,7 +503,11 @@ mod tests {
     }
 
     /// Writes `events` in frames of 1 to 30, with `identity` deciding each stored projection.
-    fn write_log(dir: &Path, events: &[Normalized], identity: fn(&Normalized) -> Vec<u8>) {
+    pub(in crate::compute) fn write_log(
+        dir: &Path,
+        events: &[Normalized],
+        identity: fn(&Normalized) -> Vec<u8>,
+    ) {
         let config = LogConfig {
             segment_bytes: 64 << 10,
             ..LogConfig::new(dir)

@@ -19,6 +19,8 @@
 
 mod build;
 mod file;
+#[cfg(test)]
+mod tests;
 
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Mutex;
@@ -90,7 +92,7 @@ pub enum Kind<'c> {
 }
 
 /// What the history pass reads of every offset below its end (see the module docs).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq)]
 pub struct Columns {
     /// The offset of `kinds[0]`.
     first: u64,
@@ -213,7 +215,8 @@ pub fn load(
             }
             let part = match (end, &keep_dir) {
                 (Some(end), Some(dir)) => sealed(log_dir, dir, (base, end, path), paths, stop),
-                _ => build::build(log_dir, (base, applied), paths, stop),
+                (Some(end), None) => build::build(log_dir, (base, end), paths, stop),
+                (None, _) => build::build(log_dir, (base, applied), paths, stop),
             };
             let part = part.inspect_err(|_| next.store(ranges.len(), Ordering::Relaxed))?;
             done(part.kinds.len() as u64);
