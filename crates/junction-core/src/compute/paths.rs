@@ -11,10 +11,12 @@
 //!   reads exactly what [`super::slim::Reads::slim`] and [`super::program::lookup`] read:
 //!   top-level keys compared as written (no unescaping), nested object keys with escapes
 //!   decoded, the last of duplicate keys, array elements by numeric segment.
-//! - [`event_object`] rebuilds, from a type, a name and such values, an object that
-//!   evaluates exactly like the whole event for every aggregate of the catalog: `type`,
-//!   `event` and each value placed at its path (missing levels become objects; since no
-//!   listed path extends another, none of them reads such a level itself).
+//! - [`event_object`] and [`set`] rebuild, from a type, a name and such values, an object
+//!   that evaluates exactly like the whole event for every aggregate of the catalog: `type`,
+//!   `event` and each value at its path, `null` where the event has none (the language reads
+//!   a missing member as `null`; missing levels become objects: since no listed path extends
+//!   another, none of them reads such a level itself). An object is made once per type and
+//!   name and reused for each event, with its values set.
 
 use std::borrow::Cow;
 
@@ -135,35 +137,35 @@ fn below<'a>(raw: &'a str, part: &str) -> Option<&'a str> {
     found
 }
 
-/// An object of this type and name with `values` placed at their paths (see the module
-/// docs).
-pub fn event_object<'v>(
-    kind: &str,
-    name: Option<&str>,
-    values: impl IntoIterator<Item = (&'v [Box<str>], serde_json::Value)>,
-) -> serde_json::Value {
+/// An object of this type and name with `null` at every path (see the module docs); [`set`]
+/// puts an event's values there.
+pub fn event_object(kind: &str, name: Option<&str>, paths: &[Path]) -> serde_json::Value {
     let mut root = serde_json::Map::new();
     root.insert("type".into(), kind.into());
     if let Some(n) = name {
         root.insert("event".into(), n.into());
     }
-    for (path, value) in values {
-        let Some((last, parents)) = path.split_last() else {
-            continue;
-        };
-        let mut at = &mut root;
-        for part in parents {
-            let next = at
-                .entry(part.to_string())
-                .or_insert_with(|| serde_json::Value::Object(Default::default()));
-            if !next.is_object() {
-                *next = serde_json::Value::Object(Default::default());
+    let mut object = serde_json::Value::Object(root);
+    for path in paths {
+        let mut at = &mut object;
+        for part in path.iter() {
+            if !at.is_object() {
+                *at = serde_json::Value::Object(Default::default());
             }
-            at = next.as_object_mut().expect("made an object above");
+            let map = at.as_object_mut().expect("made an object above");
+            at = map
+                .entry(part.to_string())
+                .or_insert(serde_json::Value::Null);
         }
-        at.insert(last.to_string(), value);
     }
-    serde_json::Value::Object(root)
+    object
+}
+
+/// Puts `value` at `path` (one of the paths it was made with) in an [`event_object`]; a
+/// `null` there reads like no value.
+pub fn set(object: &mut serde_json::Value, path: &[Box<str>], value: serde_json::Value) {
+    let at = path.iter().try_fold(object, |at, part| at.get_mut(&**part));
+    *at.expect("a path the object was made with") = value;
 }
 
 #[cfg(test)]
@@ -209,6 +211,7 @@ mod tests {
     /// below, duplicates, arrays, nulls, nested objects, non-string names and types.
     const EVENTS: &[&str] = &[
         r#"{"type":"track","event":"Order Completed","properties":{"revenue":12.5}}"#,
+        r#"{"type":"track","event":"Order Completed","properties":{"items":[{"price":1}]}}"#,
         r#"{"type":"track","event":"A","properties":{"revenue":1,"revenue":2e3}}"#,
         r#"{"type":"page","properties":{"rev\u0065nue":"x","items":[{"price":3},{"price":4}]}}"#,
         r#"{"type":"track","event":"B","prop\u0065rties":{"revenue":7}}"#,
@@ -235,18 +238,22 @@ mod tests {
         let c = catalog(&exprs);
         let paths = read_paths(&c);
         let reads = Reads::of(&c);
+        // One object per type and name, reused by the events that have them.
+        let mut objects = std::collections::HashMap::new();
         for json in EVENTS {
             let whole = reads.slim(json.as_bytes()).unwrap().unwrap();
             let s = scan(json, &paths).unwrap();
-            let values = (paths.iter().zip(&s.values)).filter_map(|(p, v)| {
-                let v = serde_json::from_str(v.as_ref()?).unwrap();
-                Some((&**p, v))
-            });
-            let rebuilt = event_object(
-                s.kind.as_deref().unwrap_or_default(),
-                s.name.as_deref(),
-                values,
-            );
+            let kind = s.kind.as_deref().unwrap_or_default();
+            let key = (kind.to_owned(), s.name.as_deref().map(str::to_owned));
+            let rebuilt = (objects.entry(key))
+                .or_insert_with(|| event_object(kind, s.name.as_deref(), &paths));
+            for (p, v) in paths.iter().zip(&s.values) {
+                let v = v.map_or(serde_json::Value::Null, |v| {
+                    serde_json::from_str(v).unwrap()
+                });
+                set(rebuilt, p, v);
+            }
+            let rebuilt = &*rebuilt;
             let ev = |json| Event {
                 offset: 1,
                 timestamp_ms: 1,
@@ -260,19 +267,19 @@ mod tests {
                 "context.page.path",
             ] {
                 let p = path(p);
-                assert_eq!(lookup(&rebuilt, &p), lookup(&whole, &p), "{json} at {p:?}");
+                assert_eq!(lookup(rebuilt, &p), lookup(&whole, &p), "{json} at {p:?}");
             }
             for f in [Field::Name, Field::Type] {
-                assert_eq!(ev(&rebuilt).field(&f), ev(&whole).field(&f), "{json}");
+                assert_eq!(ev(rebuilt).field(&f), ev(&whole).field(&f), "{json}");
             }
             for spec in c.aggregates() {
                 assert_eq!(
-                    spec.matches(&ev(&rebuilt), 0),
+                    spec.matches(&ev(rebuilt), 0),
                     spec.matches(&ev(&whole), 0),
                     "{json}"
                 );
                 let value = |e| spec.value_of(&e, 0);
-                assert_eq!(value(ev(&rebuilt)), value(ev(&whole)), "{json}");
+                assert_eq!(value(ev(rebuilt)), value(ev(&whole)), "{json}");
             }
         }
     }

@@ -136,7 +136,10 @@ impl Compute {
                 members: vec![0; definitions],
                 ..Profiles::default()
             };
+            let share = graph.next_id() as usize / workers.max(1);
+            table.entries.reserve(share + share / 8);
             let mut kept = Vec::new();
+            let mut objects = pass.objects();
             loop {
                 let from = next_chunk.fetch_add(1, Ordering::Relaxed) * CHUNK;
                 if from >= graph.next_id() {
@@ -157,6 +160,7 @@ impl Compute {
                     {
                         seen |= self.observe_at(
                             pass,
+                            &mut objects,
                             e.offset,
                             e.timestamp_ms,
                             &mut state,
@@ -211,6 +215,7 @@ impl Compute {
         let next_range = AtomicU64::new(0);
         let work = || -> anyhow::Result<States> {
             let mut states = States::new(graph.next_id());
+            let mut objects = pass.objects();
             loop {
                 let from = next_range.fetch_add(step as u64, Ordering::Relaxed) as usize;
                 if from >= end {
@@ -225,7 +230,7 @@ impl Compute {
                         continue;
                     }
                     let (state, emitted) = states.entry(owner);
-                    self.observe_at(pass, offset as u64, ts, state, emitted);
+                    self.observe_at(pass, &mut objects, offset as u64, ts, state, emitted);
                 }
             }
         };
@@ -246,10 +251,13 @@ impl Compute {
     }
 
     /// Adds the event at `offset` (of time `ts`) to a profile's state, or the derived event
-    /// there to what the log holds for it; whether the log holds an event there.
+    /// there to what the log holds for it; whether the log holds an event there. `objects`
+    /// holds the thread's event objects (see [`Columns::fill`]), by type and name.
+    #[allow(clippy::too_many_arguments)]
     fn observe_at(
         &self,
         pass: &Pass,
+        objects: &mut Objects,
         offset: u64,
         ts: i64,
         state: &mut ProfileState,
@@ -274,10 +282,15 @@ impl Compute {
                 }
             }
             Kind::Raw(raw) => self.observe(state, offset, ts, &raw.json, pass.now),
-            Kind::Typed(id) => match &pass.plans[id as usize] {
+            Kind::Typed(id, row) => match &pass.plans[id as usize] {
                 Plan::Skip => {}
                 Plan::Fixed(json) => observe(state, json),
-                Plan::Slim => observe(state, &pass.columns.event(offset, id)),
+                Plan::Slim => {
+                    let object = (objects.get_mut(id as usize).expect("one per name"))
+                        .get_or_insert_with(|| pass.columns.object(id));
+                    pass.columns.fill(object, row);
+                    observe(state, object);
+                }
             },
         }
         true
@@ -316,6 +329,15 @@ impl Compute {
 fn workers() -> usize {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     cores.min(MAX_WORKERS)
+}
+
+/// A thread's event objects, by type and name (made on first use).
+type Objects = Vec<Option<serde_json::Value>>;
+
+impl Pass {
+    fn objects(&self) -> Objects {
+        vec![None; self.plans.len()]
+    }
 }
 
 /// A profile computed by the pass, to settle later.

@@ -14,7 +14,7 @@
 //!   segments that are gone (retention) and temporary files left by a killed write are
 //!   removed by the next [`load`]. Failing to write one only costs the next pass the build.
 //! - The columns evaluate exactly like the events: an event of kind [`Kind::Typed`] reads,
-//!   through [`Columns::event`], like its JSON for every aggregate reading `type`, `event`
+//!   through [`Columns::fill`], like its JSON for every aggregate reading `type`, `event`
 //!   and the paths asked for ([`junction_core::compute::paths`]).
 
 mod build;
@@ -26,7 +26,7 @@ use std::path::{Path as FsPath, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use junction_core::compute::paths::{Path, event_object};
+use junction_core::compute::paths::{Path, event_object, set};
 use rustc_hash::FxHashMap as HashMap;
 use serde::{Deserialize, Serialize};
 
@@ -36,6 +36,8 @@ use crate::log::LogReader;
 const ABSENT: u32 = u32::MAX;
 /// A kind with this bit: index into the part's [`Raw`] events.
 const RAW: u32 = 1 << 31;
+/// A kind in [`Columns`] with this bit: index into its rows (an event with values).
+const VALUED: u32 = 1 << 30;
 
 /// The columns of one part of the log (a segment, or what is written of the last one).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -87,8 +89,9 @@ pub enum Kind<'c> {
     Absent,
     /// An event to read from its JSON.
     Raw(&'c Raw),
-    /// An event of type and name [`Columns::names`]`[id]`.
-    Typed(u32),
+    /// An event of type and name [`Columns::names`]`[id]`, with values at the paths (a row)
+    /// or none.
+    Typed(u32, Option<u32>),
 }
 
 /// What the history pass reads of every offset below its end (see the module docs).
@@ -96,13 +99,17 @@ pub enum Kind<'c> {
 pub struct Columns {
     /// The offset of `kinds[0]`.
     first: u64,
-    /// As [`Part::kinds`], with indexes into the fields below.
+    /// As [`Part::kinds`], with indexes into the fields below, and [`VALUED`] | a row for
+    /// an event with a value at some path.
     kinds: Vec<u32>,
     names: Vec<(Box<str>, Option<Box<str>>)>,
     raws: Vec<Raw>,
-    /// The paths asked for, and per path (offset, raw value), by offset.
+    /// The paths asked for.
     paths: Vec<Path>,
-    values: Vec<Vec<(u64, Box<str>)>>,
+    /// Per row: the event's type and name.
+    rows: Vec<u32>,
+    /// Per row, per path: the raw value.
+    values: Vec<Option<Box<str>>>,
 }
 
 impl Columns {
@@ -112,7 +119,10 @@ impl Columns {
         match k {
             None | Some(&ABSENT) => Kind::Absent,
             Some(&k) if k & RAW != 0 => Kind::Raw(&self.raws[(k & !RAW) as usize]),
-            Some(&k) => Kind::Typed(k),
+            Some(&k) if k & VALUED != 0 => {
+                Kind::Typed(self.rows[(k & !VALUED) as usize], Some(k & !VALUED))
+            }
+            Some(&k) => Kind::Typed(k, None),
         }
     }
 
@@ -121,16 +131,21 @@ impl Columns {
         &self.names
     }
 
-    /// The event at `offset`, of type and name `id`, as an object with the values at the
-    /// paths asked for (it evaluates like the event, see the module docs).
-    pub fn event(&self, offset: u64, id: u32) -> serde_json::Value {
+    /// The object of an event of type and name `id` to give to [`Columns::fill`].
+    pub fn object(&self, id: u32) -> serde_json::Value {
         let (kind, name) = &self.names[id as usize];
-        let values = (self.paths.iter().zip(&self.values)).filter_map(|(path, column)| {
-            let i = column.binary_search_by_key(&offset, |(o, _)| *o).ok()?;
-            let value = serde_json::from_str(&column[i].1).ok()?;
-            Some((&**path, value))
-        });
-        event_object(kind, name.as_deref(), values)
+        event_object(kind, name.as_deref(), &self.paths)
+    }
+
+    /// Sets the values of the event of `row` (none: no values) in `object`, made by
+    /// [`Columns::object`] for its type and name: it then evaluates like the event (see the
+    /// module docs).
+    pub fn fill(&self, object: &mut serde_json::Value, row: Option<u32>) {
+        for (p, path) in self.paths.iter().enumerate() {
+            let raw = row.and_then(|r| self.values[r as usize * self.paths.len() + p].as_deref());
+            let value = raw.and_then(|v| serde_json::from_str(v).ok());
+            set(object, path, value.unwrap_or_default());
+        }
     }
 
     /// Appends `part`, whose first offset is `from` (the parts in offset order, without
@@ -138,7 +153,7 @@ impl Columns {
     fn append(
         &mut self,
         from: u64,
-        part: Part,
+        mut part: Part,
         end: u64,
         ids: &mut HashMap<(Box<str>, Option<Box<str>>), u32>,
     ) {
@@ -163,14 +178,31 @@ impl Columns {
                 k if k & RAW != 0 => RAW | (raws + (k & !RAW)),
                 k => names[k as usize],
             }));
-        for (path, column) in self.paths.iter().zip(&mut self.values) {
-            let Some(p) = part.paths.iter().position(|q| q == path) else {
+        let width = self.paths.len();
+        for (p, path) in self.paths.iter().enumerate() {
+            let Some(q) = part.paths.iter().position(|q| q == path) else {
                 continue;
             };
-            let values = part.values[p]
-                .iter()
-                .map(|(i, v)| (from + u64::from(*i), v.clone()));
-            column.extend(values.filter(|(o, _)| *o < end));
+            for (i, v) in std::mem::take(&mut part.values[q]) {
+                let Some(k) = self.kinds.get_mut(
+                    usize::try_from(from + u64::from(i) - self.first).unwrap_or(usize::MAX),
+                ) else {
+                    continue;
+                };
+                let row = match *k {
+                    ABSENT => continue,
+                    k if k & RAW != 0 => continue,
+                    k if k & VALUED != 0 => k & !VALUED,
+                    name => {
+                        let row = self.rows.len() as u32;
+                        self.rows.push(name);
+                        self.values.resize(self.values.len() + width, None);
+                        *k = VALUED | row;
+                        row
+                    }
+                };
+                self.values[row as usize * width + p] = Some(v);
+            }
         }
     }
 }
@@ -226,7 +258,6 @@ pub fn load(
     run(workers.min(ranges.len()).max(1), work)?;
     let mut columns = Columns {
         paths: paths.to_vec(),
-        values: vec![Vec::new(); paths.len()],
         ..Columns::default()
     };
     let mut ids = HashMap::default();

@@ -49,10 +49,13 @@ fn first(log: &FsPath) -> (u64, PathBuf, PathBuf) {
 }
 
 fn revenue_of(c: &Columns, offset: u64) -> Option<serde_json::Value> {
-    let Kind::Typed(id) = c.kind(offset) else {
+    let Kind::Typed(id, row) = c.kind(offset) else {
         return None;
     };
-    c.event(offset, id).pointer("/properties/revenue").cloned()
+    let mut object = c.object(id);
+    c.fill(&mut object, row);
+    let revenue = object.pointer("/properties/revenue")?;
+    (!revenue.is_null()).then(|| revenue.clone())
 }
 
 #[test]
