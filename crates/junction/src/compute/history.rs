@@ -140,6 +140,7 @@ impl Compute {
             table.entries.reserve(share + share / 8);
             let mut kept = Vec::new();
             let mut objects = pass.objects();
+            let mut kinds = Vec::new();
             loop {
                 let from = next_chunk.fetch_add(1, Ordering::Relaxed) * CHUNK;
                 if from >= graph.next_id() {
@@ -153,19 +154,15 @@ impl Compute {
                         continue;
                     };
                     let (mut state, mut emitted, mut seen) = Default::default();
-                    for e in profile
-                        .events
-                        .iter()
-                        .take_while(|e| e.offset < pass.applied)
-                    {
-                        seen |= self.observe_at(
-                            pass,
-                            &mut objects,
-                            e.offset,
-                            e.timestamp_ms,
-                            &mut state,
-                            &mut emitted,
-                        );
+                    let end = profile.events.partition_point(|e| e.offset < pass.applied);
+                    let events = &profile.events[..end];
+                    // The kinds first, in a loop of independent loads: the events of a
+                    // profile are scattered over the log, and their loads then overlap.
+                    kinds.extend(events.iter().map(|e| pass.columns.kind(e.offset)));
+                    for (e, kind) in events.iter().zip(kinds.drain(..)) {
+                        let at = (e.offset, e.timestamp_ms);
+                        let profile = (&mut state, &mut emitted);
+                        seen |= self.observe_at(pass, &mut objects, kind, at, profile);
                     }
                     match (seen, emit) {
                         (false, _) => {}
@@ -225,12 +222,14 @@ impl Compute {
                     if offset % 4096 == 0 && self.stop.load(Ordering::Acquire) {
                         anyhow::bail!("the history pass was stopped");
                     }
+                    let kind = pass.columns.kind(offset as u64);
                     // A profile gets a state only when the log holds one of its events.
-                    if owner == 0 || matches!(pass.columns.kind(offset as u64), Kind::Absent) {
+                    if owner == 0 || matches!(kind, Kind::Absent) {
                         continue;
                     }
                     let (state, emitted) = states.entry(owner);
-                    self.observe_at(pass, &mut objects, offset as u64, ts, state, emitted);
+                    let at = (offset as u64, ts);
+                    self.observe_at(pass, &mut objects, kind, at, (state, emitted));
                 }
             }
         };
@@ -250,18 +249,17 @@ impl Compute {
         Ok(outbox)
     }
 
-    /// Adds the event at `offset` (of time `ts`) to a profile's state, or the derived event
-    /// there to what the log holds for it; whether the log holds an event there. `objects`
-    /// holds the thread's event objects (see [`Columns::fill`]), by type and name.
-    #[allow(clippy::too_many_arguments)]
+    /// Adds the event at `offset` (of time `ts`), of kind `kind`, to a profile's state, or
+    /// the derived event there to what the log holds for it; whether the log holds an event
+    /// there. `objects` holds the thread's event objects (see [`Columns::fill`]), by type and
+    /// name.
     fn observe_at(
         &self,
         pass: &Pass,
         objects: &mut Objects,
-        offset: u64,
-        ts: i64,
-        state: &mut ProfileState,
-        emitted: &mut Emitted,
+        kind: Kind<'_>,
+        (offset, ts): (u64, i64),
+        (state, emitted): (&mut ProfileState, &mut Emitted),
     ) -> bool {
         let observe = |state: &mut ProfileState, json: &serde_json::Value| {
             let ev = Event {
@@ -271,7 +269,7 @@ impl Compute {
             };
             self.catalog.observe(state, &ev, pass.now);
         };
-        match pass.columns.kind(offset) {
+        match kind {
             Kind::Absent => return false,
             Kind::Raw(raw) if raw.derived => {
                 if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&raw.json) {
