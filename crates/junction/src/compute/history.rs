@@ -103,7 +103,10 @@ impl Compute {
         };
         let paths = junction_core::compute::paths::read_paths(&self.catalog);
         let done = |n| progress.add(self, n, applied);
-        let columns = columns::load(log_dir, applied, &paths, max_workers, &self.stop, &done)?;
+        // Only events some aggregate reads besides their type and name need values.
+        let wanted = |kind: &str, name: Option<&str>| self.reads.plan(kind, name) == Plan::Slim;
+        let threads = (max_workers, &*self.stop);
+        let columns = columns::load(log_dir, applied, &paths, threads, &wanted, &done)?;
         let pass = Pass {
             plans: (columns.names().iter())
                 .map(|(kind, name)| self.reads.plan(kind, name.as_deref()))

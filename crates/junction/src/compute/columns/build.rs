@@ -2,8 +2,9 @@
 //!
 //! Contract: [`build`] reads the records of `[from, to)` and returns, per offset, what the
 //! history pass needs of it (see [`Part`]): the type and name from the identity projection
-//! when it has them, else from the JSON; the raw values at `paths` (the JSON block of a
-//! frame is decompressed only when `paths` is not empty or some record needs it); derived
+//! when it has them, else from the JSON; the raw values at `paths` of the events whose
+//! type and name are wanted (the JSON block of a frame is decompressed only when one of
+//! its records is wanted or has no projection); derived
 //! events, and events that are not JSON objects, whole. Offsets with no record (erased,
 //! never written) stay [`ABSENT`]. It fails when the log does, or when `stop` is set (checked
 //! between frames).
@@ -17,18 +18,24 @@ use super::{ABSENT, Part, RAW, Raw};
 use crate::ingest::DERIVED_SOURCE;
 use crate::log::{LogReader, Pick, RecordRef};
 
+/// Whether the values of events of a type and name are needed (`None`: of all events).
+pub type Wanted<'w> = Option<&'w (dyn Fn(&str, Option<&str>) -> bool + Sync)>;
+
 /// The columns of the records in `[from, to)` of the log in `log_dir`, with the values at
-/// `paths`.
+/// `paths` of the events `wanted` (the others get none).
 pub fn build(
     log_dir: &std::path::Path,
     (from, to): (u64, u64),
     paths: &[Path],
+    wanted: Wanted<'_>,
     stop: &AtomicBool,
 ) -> anyhow::Result<Part> {
     let len = usize::try_from(to - from)?;
     let mut builder = Builder {
         from,
         wants_json: !paths.is_empty(),
+        wanted,
+        wanted_ids: Vec::new(),
         part: Part {
             kinds: vec![ABSENT; len],
             paths: paths.to_vec(),
@@ -48,10 +55,13 @@ pub fn build(
     Ok(builder.part)
 }
 
-struct Builder {
+struct Builder<'w> {
     from: u64,
     /// Whether typed records are needed with their JSON (for values).
     wants_json: bool,
+    wanted: Wanted<'w>,
+    /// `wanted` by name id.
+    wanted_ids: Vec<bool>,
     part: Part,
     /// Name ids by `type \0 name` (`type \x01` without a name).
     ids: HashMap<String, u32>,
@@ -59,13 +69,14 @@ struct Builder {
     key: String,
 }
 
-impl Builder {
+impl Builder<'_> {
     fn index(&self, offset: u64) -> usize {
         (offset - self.from) as usize
     }
 
-    /// Records the record at `offset` as an event of this type and name.
-    fn typed(&mut self, offset: u64, kind: &str, name: Option<&str>) {
+    /// Records the record at `offset` as an event of this type and name; whether its values
+    /// are wanted.
+    fn typed(&mut self, offset: u64, kind: &str, name: Option<&str>) -> bool {
         self.key.clear();
         self.key.push_str(kind);
         match name {
@@ -81,11 +92,14 @@ impl Builder {
                 let id = self.part.names.len() as u32;
                 (self.part.names).push((kind.into(), name.map(Into::into)));
                 self.ids.insert(self.key.clone(), id);
+                (self.wanted_ids)
+                    .push(self.wants_json && self.wanted.is_none_or(|w| w(kind, name)));
                 id
             }
         };
         let i = self.index(offset);
         self.part.kinds[i] = id;
+        self.wanted_ids[id as usize]
     }
 
     fn raw(&mut self, offset: u64, derived: bool, json: &[u8]) {
@@ -98,17 +112,14 @@ impl Builder {
     }
 }
 
-impl Pick for Builder {
+impl Pick for Builder<'_> {
     fn pick(&mut self, r: RecordRef<'_>) -> bool {
         if **r.source == *DERIVED_SOURCE {
             return true;
         }
         match junction_core::identity::type_and_name(r.identity) {
-            Some((kind, name)) if !self.wants_json => {
-                self.typed(r.offset, kind.as_str(), name.as_deref());
-                false
-            }
-            _ => true,
+            Some((kind, name)) => self.typed(r.offset, kind.as_str(), name.as_deref()),
+            None => true,
         }
     }
 
@@ -123,13 +134,16 @@ impl Pick for Builder {
             // The pass reads it as it always did (and counts it as bad).
             return self.raw(r.offset, false, r.json);
         };
-        match junction_core::identity::type_and_name(r.identity) {
+        let wanted = match junction_core::identity::type_and_name(r.identity) {
             Some((kind, name)) => self.typed(r.offset, kind.as_str(), name.as_deref()),
             None => self.typed(
                 r.offset,
                 s.kind.as_deref().unwrap_or_default(),
                 s.name.as_deref(),
             ),
+        };
+        if !wanted {
+            return;
         }
         let at = self.index(r.offset) as u32;
         for (column, value) in self.part.values.iter_mut().zip(&s.values) {

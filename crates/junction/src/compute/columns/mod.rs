@@ -148,36 +148,68 @@ impl Columns {
         }
     }
 
-    /// Appends `part`, whose first offset is `from` (the parts in offset order, without
-    /// gaps), keeping its offsets below `end`.
-    fn append(
-        &mut self,
-        from: u64,
-        mut part: Part,
+    /// The columns of `parts` (of the segments starting at `ranges`, in offset order,
+    /// without gaps) below `end`, with the values at `paths`: the kinds are brought to
+    /// shared ids by `workers` threads, then copied.
+    fn join(
+        ranges: &[(u64, Option<u64>, &FsPath)],
+        mut parts: Vec<Part>,
         end: u64,
-        ids: &mut HashMap<(Box<str>, Option<Box<str>>), u32>,
-    ) {
-        if self.kinds.is_empty() {
-            self.first = from;
-        }
-        let keep = usize::try_from(end.saturating_sub(from)).unwrap_or(usize::MAX);
-        let names: Vec<u32> = (part.names.into_iter())
-            .map(|n| {
-                let next = self.names.len() as u32;
-                *ids.entry(n).or_insert_with_key(|n| {
-                    self.names.push(n.clone());
-                    next
+        paths: &[Path],
+        workers: usize,
+    ) -> Columns {
+        let mut columns = Columns {
+            first: ranges.first().map_or(0, |r| r.0),
+            paths: paths.to_vec(),
+            ..Columns::default()
+        };
+        // Shared ids of each part's names and raw events.
+        let mut ids: HashMap<(Box<str>, Option<Box<str>>), u32> = HashMap::default();
+        let mut maps = Vec::with_capacity(parts.len());
+        for part in &mut parts {
+            let names: Vec<u32> = (part.names.drain(..))
+                .map(|n| {
+                    let next = columns.names.len() as u32;
+                    *ids.entry(n).or_insert_with_key(|n| {
+                        columns.names.push(n.clone());
+                        next
+                    })
                 })
-            })
-            .collect();
-        let raws = self.raws.len() as u32;
-        self.raws.extend(part.raws);
+                .collect();
+            maps.push((names, columns.raws.len() as u32));
+            columns.raws.append(&mut part.raws);
+        }
+        let next = AtomicUsize::new(0);
+        let slots: Vec<Mutex<(&mut Part, &(Vec<u32>, u32))>> =
+            parts.iter_mut().zip(&maps).map(Mutex::new).collect();
+        let remap = || -> anyhow::Result<()> {
+            while let Some(slot) = slots.get(next.fetch_add(1, Ordering::Relaxed)) {
+                let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+                let (part, (names, raws)) = &mut *slot;
+                for k in &mut part.kinds {
+                    *k = match *k {
+                        ABSENT => ABSENT,
+                        k if k & RAW != 0 => RAW | (raws + (k & !RAW)),
+                        k => names[k as usize],
+                    };
+                }
+            }
+            Ok(())
+        };
+        run(workers, remap).expect("remapping does not fail");
+        drop(slots);
+        for ((from, _, _), part) in ranges.iter().zip(parts) {
+            columns.append(*from, part, end);
+        }
+        columns
+    }
+
+    /// Appends `part` (its kinds remapped), whose first offset is `from`, keeping its
+    /// offsets below `end`.
+    fn append(&mut self, from: u64, mut part: Part, end: u64) {
+        let keep = usize::try_from(end.saturating_sub(from)).unwrap_or(usize::MAX);
         self.kinds
-            .extend(part.kinds.iter().take(keep).map(|&k| match k {
-                ABSENT => ABSENT,
-                k if k & RAW != 0 => RAW | (raws + (k & !RAW)),
-                k => names[k as usize],
-            }));
+            .extend_from_slice(&part.kinds[..keep.min(part.kinds.len())]);
         let width = self.paths.len();
         for (p, path) in self.paths.iter().enumerate() {
             let Some(q) = part.paths.iter().position(|q| q == path) else {
@@ -219,8 +251,8 @@ pub fn load(
     log_dir: &FsPath,
     applied: u64,
     paths: &[Path],
-    workers: usize,
-    stop: &AtomicBool,
+    (workers, stop): (usize, &AtomicBool),
+    wanted: &(dyn Fn(&str, Option<&str>) -> bool + Sync),
     done: &(dyn Fn(u64) + Sync),
 ) -> anyhow::Result<Columns> {
     let segments = LogReader::segments(log_dir)?;
@@ -238,7 +270,11 @@ pub fn load(
     let next = AtomicUsize::new(0);
     let work = || -> anyhow::Result<()> {
         loop {
-            let i = next.fetch_add(1, Ordering::Relaxed);
+            // The last segment first: it is read from the log, the others mostly not.
+            let i = match next.fetch_add(1, Ordering::Relaxed) {
+                0 => ranges.len().saturating_sub(1),
+                i => i - 1,
+            };
             let Some(&(base, end, path)) = ranges.get(i) else {
                 return Ok(());
             };
@@ -247,30 +283,21 @@ pub fn load(
             }
             let part = match (end, &keep_dir) {
                 (Some(end), Some(dir)) => sealed(log_dir, dir, (base, end, path), paths, stop),
-                (Some(end), None) => build::build(log_dir, (base, end), paths, stop),
-                (None, _) => build::build(log_dir, (base, applied), paths, stop),
+                (Some(end), None) => build::build(log_dir, (base, end), paths, Some(wanted), stop),
+                (None, _) => build::build(log_dir, (base, applied), paths, Some(wanted), stop),
             };
             let part = part.inspect_err(|_| next.store(ranges.len(), Ordering::Relaxed))?;
             done(part.kinds.len() as u64);
             *parts[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(part);
         }
     };
-    run(workers.min(ranges.len()).max(1), work)?;
-    let mut columns = Columns {
-        paths: paths.to_vec(),
-        ..Columns::default()
-    };
-    let mut ids = HashMap::default();
-    for ((base, _, _), part) in ranges.iter().zip(parts) {
-        let part = part.into_inner().unwrap_or_else(|e| e.into_inner());
-        columns.append(
-            *base,
-            part.expect("every segment was read"),
-            applied,
-            &mut ids,
-        );
-    }
-    Ok(columns)
+    let workers = workers.min(ranges.len()).max(1);
+    run(workers, work)?;
+    let parts: Vec<Part> = (parts.into_iter())
+        .map(|p| p.into_inner().unwrap_or_else(|e| e.into_inner()))
+        .map(|p| p.expect("every segment was read"))
+        .collect();
+    Ok(Columns::join(&ranges, parts, applied, paths, workers))
 }
 
 /// Runs `work` on `workers` threads (the calling one when 1): their results, or an error
@@ -308,7 +335,7 @@ fn sealed(
 ) -> anyhow::Result<Part> {
     let Ok(id) = file::Identity::of(segment) else {
         // Gone (retention) or unreadable: the reader says which.
-        return build::build(log_dir, (base, end), paths, stop);
+        return build::build(log_dir, (base, end), paths, None, stop);
     };
     let kept = file::read(dir, base, id);
     let mut wanted: Vec<Path> = kept.iter().flat_map(|p| p.paths.clone()).collect();
@@ -318,7 +345,7 @@ fn sealed(
     wanted.extend(paths.iter().cloned());
     wanted.sort();
     wanted.dedup();
-    let part = build::build(log_dir, (base, end), &wanted, stop)?;
+    let part = build::build(log_dir, (base, end), &wanted, None, stop)?;
     if let Err(e) = file::write(dir, base, id, &part) {
         tracing::warn!(error = %format!("{e:#}"), "compute cannot keep a column file");
     }

@@ -26,7 +26,15 @@ fn data_dir() -> (tempfile::TempDir, PathBuf) {
 }
 
 fn columns(log: &FsPath, paths: &[Path]) -> Columns {
-    load(log, EVENTS, paths, 3, &AtomicBool::new(false), &|_| ()).unwrap()
+    load(
+        log,
+        EVENTS,
+        paths,
+        (3, &AtomicBool::new(false)),
+        &|_, _| true,
+        &|_| (),
+    )
+    .unwrap()
 }
 
 /// The same log read without keeping columns (a log directory not named `log`).
