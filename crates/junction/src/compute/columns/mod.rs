@@ -180,7 +180,7 @@ impl Columns {
             columns.raws.append(&mut part.raws);
         }
         let next = AtomicUsize::new(0);
-        let slots: Vec<Mutex<(&mut Part, &(Vec<u32>, u32))>> =
+        let slots: Vec<Mutex<(&mut Part, &IdMap)>> =
             parts.iter_mut().zip(&maps).map(Mutex::new).collect();
         let remap = || -> anyhow::Result<()> {
             while let Some(slot) = slots.get(next.fetch_add(1, Ordering::Relaxed)) {
@@ -238,6 +238,9 @@ impl Columns {
         }
     }
 }
+
+/// A part's shared ids: of its names (by its own ids), and of its first raw event.
+type IdMap = (Vec<u32>, u32);
 
 /// Where the column files of the log in `log_dir` are kept (see the module docs).
 pub fn dir_for(log_dir: &FsPath) -> Option<PathBuf> {

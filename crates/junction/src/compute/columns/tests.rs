@@ -122,7 +122,8 @@ fn a_corrupt_or_truncated_column_file_is_ignored_and_rebuilt() {
     let good = columns(&log, &paths);
     let (base, seg, kept) = first(&log);
     let whole = std::fs::read(&kept).unwrap();
-    let damages: [(&str, fn(&mut Vec<u8>)); 5] = [
+    type Damage = fn(&mut Vec<u8>);
+    let damages: [(&str, Damage); 5] = [
         ("a flipped byte", |b| {
             let mid = b.len() / 2;
             b[mid] ^= 0x40;
