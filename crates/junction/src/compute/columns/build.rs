@@ -4,7 +4,8 @@
 //! history pass needs of it (see [`Part`]): the type and name from the identity projection
 //! when it has them, else from the JSON; the raw values at `paths` of the events whose
 //! type and name are wanted (the JSON block of a frame is decompressed only when one of
-//! its records is wanted or has no projection); derived
+//! its records is wanted or has no projection); derived (when wanted, else only
+//! [`PRESENT`])
 //! events, and events that are not JSON objects, whole. Offsets with no record (erased,
 //! never written) stay [`ABSENT`]. It fails when the log does, or when `stop` is set (checked
 //! between frames).
@@ -14,15 +15,28 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use junction_core::compute::paths::{Path, scan};
 use rustc_hash::FxHashMap as HashMap;
 
-use super::{ABSENT, Part, RAW, Raw};
+use super::{ABSENT, PRESENT, Part, RAW, Raw};
 use crate::ingest::DERIVED_SOURCE;
 use crate::log::{LogReader, Pick, RecordRef};
 
-/// Whether the values of events of a type and name are needed (`None`: of all events).
-pub type Wanted<'w> = Option<&'w (dyn Fn(&str, Option<&str>) -> bool + Sync)>;
+/// What a part is built for: the events of which types and names need their values
+/// (`None`: all), and whether derived events are read (else they are only [`PRESENT`]).
+#[derive(Clone, Copy)]
+pub struct Wanted<'w> {
+    pub values: Option<&'w (dyn Fn(&str, Option<&str>) -> bool + Sync)>,
+    pub derived: bool,
+}
+
+impl Wanted<'_> {
+    /// Everything (a part to keep).
+    pub const ALL: Wanted<'static> = Wanted {
+        values: None,
+        derived: true,
+    };
+}
 
 /// The columns of the records in `[from, to)` of the log in `log_dir`, with the values at
-/// `paths` of the events `wanted` (the others get none).
+/// `paths` of the events `wanted` (the others get none), derived events as `wanted`.
 pub fn build(
     log_dir: &std::path::Path,
     (from, to): (u64, u64),
@@ -93,7 +107,7 @@ impl Builder<'_> {
                 (self.part.names).push((kind.into(), name.map(Into::into)));
                 self.ids.insert(self.key.clone(), id);
                 (self.wanted_ids)
-                    .push(self.wants_json && self.wanted.is_none_or(|w| w(kind, name)));
+                    .push(self.wants_json && self.wanted.values.is_none_or(|w| w(kind, name)));
                 id
             }
         };
@@ -115,7 +129,11 @@ impl Builder<'_> {
 impl Pick for Builder<'_> {
     fn pick(&mut self, r: RecordRef<'_>) -> bool {
         if **r.source == *DERIVED_SOURCE {
-            return true;
+            if !self.wanted.derived {
+                let i = self.index(r.offset);
+                self.part.kinds[i] = PRESENT;
+            }
+            return self.wanted.derived;
         }
         match junction_core::identity::type_and_name(r.identity) {
             Some((kind, name)) => self.typed(r.offset, kind.as_str(), name.as_deref()),

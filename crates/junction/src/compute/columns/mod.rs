@@ -18,6 +18,7 @@
 //!   and the paths asked for ([`junction_core::compute::paths`]).
 
 mod build;
+pub use build::Wanted;
 mod file;
 #[cfg(test)]
 mod tests;
@@ -34,6 +35,8 @@ use crate::log::LogReader;
 
 /// A kind: the offset has no event (erased, never written, or not in the log).
 const ABSENT: u32 = u32::MAX;
+/// A kind: the offset holds an event that is not read (a derived event, when not wanted).
+const PRESENT: u32 = u32::MAX - 1;
 /// A kind with this bit: index into the part's [`Raw`] events.
 const RAW: u32 = 1 << 31;
 /// A kind in [`Columns`] with this bit: index into its rows (an event with values).
@@ -66,7 +69,7 @@ impl Part {
     /// can still have been written by another version).
     fn check(&self) -> Result<(), String> {
         let kinds_ok = self.kinds.iter().all(|&k| match k {
-            ABSENT => true,
+            ABSENT | PRESENT => true,
             k if k & RAW != 0 => ((k & !RAW) as usize) < self.raws.len(),
             k => (k as usize) < self.names.len(),
         });
@@ -87,6 +90,8 @@ impl Part {
 /// What an offset holds ([`Columns::kind`]).
 pub enum Kind<'c> {
     Absent,
+    /// An event not read.
+    Present,
     /// An event to read from its JSON.
     Raw(&'c Raw),
     /// An event of type and name [`Columns::names`]`[id]`, with values at the paths (a row)
@@ -118,6 +123,7 @@ impl Columns {
             (offset.checked_sub(self.first)).and_then(|i| self.kinds.get(usize::try_from(i).ok()?));
         match k {
             None | Some(&ABSENT) => Kind::Absent,
+            Some(&PRESENT) => Kind::Present,
             Some(&k) if k & RAW != 0 => Kind::Raw(&self.raws[(k & !RAW) as usize]),
             Some(&k) if k & VALUED != 0 => {
                 Kind::Typed(self.rows[(k & !VALUED) as usize], Some(k & !VALUED))
@@ -188,7 +194,7 @@ impl Columns {
                 let (part, (names, raws)) = &mut *slot;
                 for k in &mut part.kinds {
                     *k = match *k {
-                        ABSENT => ABSENT,
+                        k @ (ABSENT | PRESENT) => k,
                         k if k & RAW != 0 => RAW | (raws + (k & !RAW)),
                         k => names[k as usize],
                     };
@@ -222,7 +228,7 @@ impl Columns {
                     continue;
                 };
                 let row = match *k {
-                    ABSENT => continue,
+                    ABSENT | PRESENT => continue,
                     k if k & RAW != 0 => continue,
                     k if k & VALUED != 0 => k & !VALUED,
                     name => {
@@ -255,7 +261,7 @@ pub fn load(
     applied: u64,
     paths: &[Path],
     (workers, stop): (usize, &AtomicBool),
-    wanted: &(dyn Fn(&str, Option<&str>) -> bool + Sync),
+    wanted: build::Wanted<'_>,
     done: &(dyn Fn(u64) + Sync),
 ) -> anyhow::Result<Columns> {
     let segments = LogReader::segments(log_dir)?;
@@ -286,8 +292,8 @@ pub fn load(
             }
             let part = match (end, &keep_dir) {
                 (Some(end), Some(dir)) => sealed(log_dir, dir, (base, end, path), paths, stop),
-                (Some(end), None) => build::build(log_dir, (base, end), paths, Some(wanted), stop),
-                (None, _) => build::build(log_dir, (base, applied), paths, Some(wanted), stop),
+                (Some(end), None) => build::build(log_dir, (base, end), paths, wanted, stop),
+                (None, _) => build::build(log_dir, (base, applied), paths, wanted, stop),
             };
             let part = part.inspect_err(|_| next.store(ranges.len(), Ordering::Relaxed))?;
             done(part.kinds.len() as u64);
@@ -338,7 +344,7 @@ fn sealed(
 ) -> anyhow::Result<Part> {
     let Ok(id) = file::Identity::of(segment) else {
         // Gone (retention) or unreadable: the reader says which.
-        return build::build(log_dir, (base, end), paths, None, stop);
+        return build::build(log_dir, (base, end), paths, build::Wanted::ALL, stop);
     };
     let kept = file::read(dir, base, id);
     let mut wanted: Vec<Path> = kept.iter().flat_map(|p| p.paths.clone()).collect();
@@ -348,7 +354,7 @@ fn sealed(
     wanted.extend(paths.iter().cloned());
     wanted.sort();
     wanted.dedup();
-    let part = build::build(log_dir, (base, end), &wanted, None, stop)?;
+    let part = build::build(log_dir, (base, end), &wanted, build::Wanted::ALL, stop)?;
     if let Err(e) = file::write(dir, base, id, &part) {
         tracing::warn!(error = %format!("{e:#}"), "compute cannot keep a column file");
     }

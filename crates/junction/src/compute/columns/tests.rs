@@ -31,7 +31,7 @@ fn columns(log: &FsPath, paths: &[Path]) -> Columns {
         EVENTS,
         paths,
         (3, &AtomicBool::new(false)),
-        &|_, _| true,
+        super::Wanted::ALL,
         &|_| (),
     )
     .unwrap()
