@@ -42,31 +42,32 @@ pub struct Scanned<'a> {
 #[error("a stored event is not a JSON object")]
 pub struct NotAnObject;
 
+/// Calls `f` with each path below the event that `node` reads (`Field::Path`).
+pub(crate) fn for_each_path<'a>(node: &'a Node, f: &mut impl FnMut(&'a Path)) {
+    match node {
+        Node::Field(Field::Path(p)) => f(p),
+        Node::List(items) => items.iter().for_each(|n| for_each_path(n, f)),
+        Node::Exists(n) | Node::Not(n) | Node::Neg(n) => for_each_path(n, f),
+        Node::Bin(_, l, r) => {
+            for_each_path(l, f);
+            for_each_path(r, f);
+        }
+        Node::Const(_)
+        | Node::Field(_)
+        | Node::Trait(_)
+        | Node::Def(_)
+        | Node::Agg(_)
+        | Node::Now => {}
+    }
+}
+
 /// The paths `catalog`'s aggregates read (see the module docs).
 pub fn read_paths(catalog: &Catalog) -> Vec<Path> {
-    fn walk(node: &Node, out: &mut Vec<Path>) {
-        match node {
-            Node::Field(Field::Path(p)) => out.push(p.clone()),
-            Node::List(items) => items.iter().for_each(|n| walk(n, out)),
-            Node::Exists(n) | Node::Not(n) | Node::Neg(n) => walk(n, out),
-            Node::Bin(_, l, r) => {
-                walk(l, out);
-                walk(r, out);
-            }
-            Node::Const(_)
-            | Node::Field(_)
-            | Node::Trait(_)
-            | Node::Def(_)
-            | Node::Agg(_)
-            | Node::Now => {}
-        }
-    }
     let mut all = Vec::new();
     for spec in catalog.aggregates() {
-        spec.value
-            .iter()
-            .chain(&spec.filter)
-            .for_each(|n| walk(n, &mut all));
+        for node in spec.value.iter().chain(&spec.filter) {
+            for_each_path(node, &mut |p| all.push(p.clone()));
+        }
     }
     all.retain(|p| !matches!(p.first().map(|s| &**s), None | Some("type" | "event")));
     all.sort();

@@ -10,7 +10,7 @@
 //! like it (the aggregates that can match read nothing else), or whether it must be slimmed.
 
 use super::catalog::Catalog;
-use super::program::{Field, Node};
+use super::program::Node;
 
 /// What a catalog reads of events.
 #[derive(Clone, Debug, Default)]
@@ -211,19 +211,5 @@ fn bad(what: &str) -> serde_json::Error {
 }
 
 fn collect_paths<'a>(node: &'a Node, out: &mut Vec<&'a [Box<str>]>) {
-    match node {
-        Node::Field(Field::Path(p)) => out.push(p),
-        Node::List(items) => items.iter().for_each(|n| collect_paths(n, out)),
-        Node::Exists(n) | Node::Not(n) | Node::Neg(n) => collect_paths(n, out),
-        Node::Bin(_, l, r) => {
-            collect_paths(l, out);
-            collect_paths(r, out);
-        }
-        Node::Const(_)
-        | Node::Field(_)
-        | Node::Trait(_)
-        | Node::Def(_)
-        | Node::Agg(_)
-        | Node::Now => {}
-    }
+    super::paths::for_each_path(node, &mut |p| out.push(p));
 }

@@ -19,11 +19,14 @@ use super::{ABSENT, PRESENT, Part, RAW, Raw};
 use crate::ingest::DERIVED_SOURCE;
 use crate::log::{LogReader, Pick, RecordRef};
 
+/// Whether the events of a type and name (`None`: no name) need their values.
+pub type NeedsValues<'a> = dyn Fn(&str, Option<&str>) -> bool + Sync + 'a;
+
 /// What a part is built for: the events of which types and names need their values
 /// (`None`: all), and whether derived events are read (else they are only [`PRESENT`]).
 #[derive(Clone, Copy)]
 pub struct Wanted<'w> {
-    pub values: Option<&'w (dyn Fn(&str, Option<&str>) -> bool + Sync)>,
+    pub values: Option<&'w NeedsValues<'w>>,
     pub derived: bool,
 }
 

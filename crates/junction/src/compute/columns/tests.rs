@@ -56,6 +56,15 @@ fn first(log: &FsPath) -> (u64, PathBuf, PathBuf) {
     (base, seg, kept)
 }
 
+/// A [`data_dir`] whose columns of `properties.revenue` are kept: with them, and the
+/// [`first`] sealed segment.
+fn kept_columns() -> (tempfile::TempDir, PathBuf, Columns, (u64, PathBuf, PathBuf)) {
+    let (tmp, log) = data_dir();
+    let good = columns(&log, &[path("properties.revenue")]);
+    let first = first(&log);
+    (tmp, log, good, first)
+}
+
 fn revenue_of(c: &Columns, offset: u64) -> Option<serde_json::Value> {
     let Kind::Typed(id, row) = c.kind(offset) else {
         return None;
@@ -87,10 +96,8 @@ fn kept_columns_equal_columns_built_from_the_log() {
 /// file over it) is not read again, even when it is whole.
 #[test]
 fn a_rewritten_segment_invalidates_its_columns() {
-    let (_tmp, log) = data_dir();
+    let (_tmp, log, good, (base, seg, kept)) = kept_columns();
     let paths = [path("properties.revenue")];
-    let good = columns(&log, &paths);
-    let (base, seg, kept) = first(&log);
     // Columns that differ from the log, for the segment file as it is: they are read.
     let id = Identity::of(&seg).unwrap();
     let mut part = file::decode(std::fs::read(&kept).unwrap(), base, id).unwrap();
@@ -117,10 +124,8 @@ fn a_rewritten_segment_invalidates_its_columns() {
 
 #[test]
 fn a_corrupt_or_truncated_column_file_is_ignored_and_rebuilt() {
-    let (_tmp, log) = data_dir();
+    let (_tmp, log, good, (base, seg, kept)) = kept_columns();
     let paths = [path("properties.revenue")];
-    let good = columns(&log, &paths);
-    let (base, seg, kept) = first(&log);
     let whole = std::fs::read(&kept).unwrap();
     type Damage = fn(&mut Vec<u8>);
     let damages: [(&str, Damage); 5] = [
