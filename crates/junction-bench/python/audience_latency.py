@@ -28,6 +28,7 @@ def main():
     args = ap.parse_args()
 
     arrived = {}
+    skipped = [0]
     ready = threading.Event()
 
     def listen():
@@ -43,7 +44,10 @@ def main():
                 if not line.startswith(b"data:"):
                     continue
                 now = time.monotonic()
-                ev = json.loads(line[5:]).get("event") or {}
+                data = json.loads(line[5:])
+                # The stream skips what a slow reader missed, and says how much.
+                skipped[0] += data.get("skipped", 0)
+                ev = data.get("event") or {}
                 if ev.get("event") == "Audience Entered" and ev.get("properties", {}).get("audience_key") == "a1":
                     arrived.setdefault(ev.get("userId"), now)
 
@@ -69,6 +73,7 @@ def main():
     print(json.dumps({
         "probes": len(sent),
         "entered": len(lat),
+        "debugger_skipped": skipped[0],
         "p50_ms": q(0.50),
         "p99_ms": q(0.99),
         "max_ms": lat[-1] if lat else None,
