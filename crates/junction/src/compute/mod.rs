@@ -286,7 +286,6 @@ impl Compute {
 
     /// [`Compute::observe`] for an event stored with the projection `identity`: from its
     /// type and name alone when they tell (see [`Plan`]).
-    #[allow(clippy::too_many_arguments)]
     fn observe_planned(
         &self,
         plans: &mut Plans,
